@@ -1,0 +1,30 @@
+# Makefile for celloattr (PGXS)
+
+MODULE_big = celloattr
+OBJS = \
+	src/celloattr.o \
+	src/guc.o \
+	src/attribute.o \
+	src/validate.o \
+	src/operator.o \
+	src/triggers.o
+
+EXTENSION = celloattr
+DATA = celloattr--1.0.sql
+PGFILEDESC = "celloattr - repair Cello referral attribution"
+
+# The regression and isolation suites need the library preloaded, the local
+# API fakes running and the worker pointed at them: scripts/test sets all of
+# that up (see README), so a plain "make installcheck" is not supported.
+REGRESS = validation attribute transaction triggers support privileges
+REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
+ISOLATION = concurrent_attribute
+ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf
+
+PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags libcurl json-c)
+SHLIB_LINK = $(shell pkg-config --libs libcurl json-c)
+PG_CFLAGS = -Wextra -Wno-unused-parameter $(if $(WERROR),-Werror)
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,42 @@
+--
+-- Transactions for the Cello API path.
+--
+\set SHOW_CONTEXT never
+
+-- a user without a Cello API attribution: NULL, nothing registered
+SELECT celloattr.cello_transaction('nobody', 'in_0', 49, 'EUR', now() - interval '1 day',
+	'monthly', 'Team Plan') IS NULL AS not_attributed;
+-- a Stripe-path user is not a Cello API one either: its payments replay through Stripe
+SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-tx-stripe', 'stripe') > 0 AS queued;
+SELECT celloattr.cello_transaction('user-tx-stripe', 'in_0', 49, 'EUR', now() - interval '1 day',
+	'monthly', 'Team Plan') IS NULL AS not_cello_api;
+SELECT count(*) AS registered FROM celloattr.transactions;
+
+SELECT celloattr.cello_attribute('UIPIWa2Hnnr', 'user-tx', 'cello_api',
+	email => 'tx@example.com') AS tx_attr \gset
+
+-- inside the window: queued after the signup step
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 49, 'eur', now() - interval '2 days',
+	'monthly', 'Team Plan', 'sub_1', 3) AS tx1 \gset
+-- the same invoice twice queues once and returns the same id
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 49, 'EUR', now() - interval '2 days',
+	'monthly', 'Team Plan', 'sub_1', 3) = :tx1 AS same_id;
+-- its refund is another event
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 49, 'EUR', now() - interval '1 day',
+	'monthly', NULL, 'sub_1', trigger => 'charge-refunded') <> :tx1 AS refund_registered;
+-- older than the window: straight to the support report, nothing queued
+SELECT celloattr.cello_transaction('user-tx', 'in_old', 29, 'EUR', now() - interval '45 days',
+	'one-time', 'Pro License') > 0 AS old_registered;
+
+SELECT t.invoice_id, t.trigger, t.amount, t.currency, t.interval, t.product_key,
+	   t.subscription_id, t.seats, j.kind, j.stage, j.state AS job_state,
+	   j.payload = jsonb_build_object('transaction_id', t.id) AS payload_ok
+  FROM celloattr.transactions t LEFT JOIN celloattr.jobs j ON j.id = t.job_id
+ WHERE t.attribution_id = :tx_attr ORDER BY t.id;
+
+SELECT trigger, invoice_id, price, currency, "interval", product_key, reason
+  FROM celloattr.support_report(:tx_attr);
+
+-- the window is a server setting (postgresql.conf or ALTER SYSTEM, then reload)
+SHOW celloattr.transaction_window;
+SET celloattr.transaction_window = '50d';

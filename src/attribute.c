@@ -1,0 +1,589 @@
+/*-------------------------------------------------------------------------
+ *
+ * attribute.c
+ *	  The queueing side of celloattr: cello_attribute() and
+ *	  cello_transaction(), also called by the triggers.
+ *
+ * A repair is recorded as one attributions row plus the first steps (jobs)
+ * of its path, in the caller's transaction: nothing leaves the database
+ * before that transaction commits, and a rollback leaves nothing behind.
+ * The partial unique index attributions_live_user makes a repeat return the
+ * same id and lets two sessions racing for one user end with one row.
+ *
+ * Statements are prepared once per backend (SPI_keepplan).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "celloattr.h"
+
+/* A step of a repair path as planned at queueing time. */
+typedef struct PlannedJob
+{
+	const char *kind;
+	int16		stage;
+	bool		mutates;		/* changes something at a provider */
+} PlannedJob;
+
+#define MAX_PLANNED_JOBS 2
+
+static SPIPlanPtr insert_attribution_plan = NULL;
+static SPIPlanPtr find_live_plan = NULL;
+static SPIPlanPtr next_id_plan = NULL;
+static SPIPlanPtr supersede_plan = NULL;
+static SPIPlanPtr cancel_jobs_plan = NULL;
+static SPIPlanPtr insert_job_plan = NULL;
+static SPIPlanPtr mark_planned_plan = NULL;
+static SPIPlanPtr find_cello_attribution_plan = NULL;
+static SPIPlanPtr insert_transaction_plan = NULL;
+static SPIPlanPtr find_transaction_plan = NULL;
+static SPIPlanPtr transaction_support_plan = NULL;
+static SPIPlanPtr signup_done_plan = NULL;
+static SPIPlanPtr link_transaction_plan = NULL;
+static SPIPlanPtr reopen_attribution_plan = NULL;
+
+static SPIPlanPtr
+prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "celloattr: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*cache = plan;
+	}
+	return *cache;
+}
+
+static int
+run(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
+{
+	int			rc = SPI_execute_plan(plan, values, nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "celloattr: SPI_execute_plan returned %s",
+			 SPI_result_code_string(rc));
+	return (int) SPI_processed;
+}
+
+static Datum
+text_or_null(const char *s, char *null)
+{
+	*null = (s == NULL) ? 'n' : ' ';
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
+}
+
+static int64
+first_int8(void)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								  1, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/*
+ * The first steps of a path.  Later steps (which events to resend) are
+ * queued by the worker as it learns them.  In a dry run every reading step
+ * runs at once and the mutating ones are only recorded as 'planned'.
+ */
+static int
+plan_path(const AttributionRequest *req, bool signup_via_api,
+		  PlannedJob *jobs)
+{
+	int			n = 0;
+	int16		stage = 1;
+
+	if (signup_via_api)
+	{
+		jobs[n++] = (PlannedJob) {"cello_signup", stage, true};
+		if (!req->dry_run)
+			stage++;
+	}
+	if (strcmp(req->gateway, "stripe") == 0)
+		jobs[n++] = (PlannedJob) {"stripe_customer", stage, false};
+	else if (strcmp(req->gateway, "chargebee") == 0)
+		jobs[n++] = (PlannedJob) {"chargebee_customer", stage, false};
+	return n;
+}
+
+/* Insert one job row; its idempotency key is fixed here, once. */
+static int64
+insert_job(int64 attribution_id, const char *kind, int16 stage,
+		   const char *state, const char *payload, const char *key_suffix)
+{
+	Oid			types[6] = {INT8OID, TEXTOID, INT2OID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[6];
+	char		nulls[6] = "      ";
+
+	prepare(&insert_job_plan,
+			"INSERT INTO celloattr.jobs "
+			"  (attribution_id, kind, stage, state, payload, idempotency_key) "
+			"SELECT $1, $2, $3, $4, $5::jsonb, "
+			"       'ca-' || i.install_id || '-' || $1 || '-' || $2 || coalesce('-' || $6, '') "
+			"  FROM celloattr.installation i "
+			"RETURNING id",
+			6, types);
+	values[0] = Int64GetDatum(attribution_id);
+	values[1] = CStringGetTextDatum(kind);
+	values[2] = Int16GetDatum(stage);
+	values[3] = CStringGetTextDatum(state);
+	values[4] = CStringGetTextDatum(payload);
+	values[5] = text_or_null(key_suffix, &nulls[5]);
+	if (run(insert_job_plan, values, nulls, SPI_OK_INSERT_RETURNING) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("celloattr.installation has no row"),
+				 errhint("Re-create the extension: DROP EXTENSION celloattr; CREATE EXTENSION celloattr.")));
+	return first_int8();
+}
+
+/*
+ * Try to insert the attribution; returns its id, or 0 when a live one for
+ * the same user and gateway exists already.  forced_id/supersedes are 0
+ * unless a forced repair replaces another.
+ */
+static int64
+try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
+					   int64 forced_id, int64 supersedes)
+{
+	Oid			types[15] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
+	TEXTOID, INT8OID, INT8OID};
+	Datum		values[15];
+	char		nulls[15];
+
+	memset(nulls, ' ', sizeof(nulls));
+	prepare(&insert_attribution_plan,
+			"INSERT INTO celloattr.attributions "
+			"  (ucc, new_user_id, gateway, customer_id, email, name, organization_id, "
+			"   signup_via_api, signed_up_at, reason, force, dry_run, requested_by, "
+			"   id, supersedes) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+			"        coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)), $15) "
+			"ON CONFLICT (gateway, new_user_id, dry_run) "
+			"  WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING "
+			"RETURNING id",
+			15, types);
+
+	values[0] = CStringGetTextDatum(req->ucc);
+	values[1] = CStringGetTextDatum(req->new_user_id);
+	values[2] = CStringGetTextDatum(req->gateway);
+	values[3] = text_or_null(req->customer_id, &nulls[3]);
+	values[4] = text_or_null(req->email, &nulls[4]);
+	values[5] = text_or_null(req->name, &nulls[5]);
+	values[6] = text_or_null(req->organization_id, &nulls[6]);
+	values[7] = BoolGetDatum(signup_via_api);
+	values[8] = TimestampTzGetDatum(req->signed_up_at);
+	nulls[8] = req->signed_up_at_isnull ? 'n' : ' ';
+	values[9] = text_or_null(req->reason, &nulls[9]);
+	values[10] = BoolGetDatum(req->force);
+	values[11] = BoolGetDatum(req->dry_run);
+	values[12] = CStringGetTextDatum(GetUserNameFromId(GetOuterUserId(), false));
+	values[13] = Int64GetDatum(forced_id);
+	nulls[13] = forced_id ? ' ' : 'n';
+	values[14] = Int64GetDatum(supersedes);
+	nulls[14] = supersedes ? ' ' : 'n';
+
+	if (run(insert_attribution_plan, values, nulls, SPI_OK_INSERT_RETURNING) == 0)
+		return 0;
+	return first_int8();
+}
+
+/* Queue the first steps of a new attribution's path. */
+static void
+queue_path(int64 id, const AttributionRequest *req, bool signup_via_api)
+{
+	PlannedJob	jobs[MAX_PLANNED_JOBS];
+	int			njobs = plan_path(req, signup_via_api, jobs);
+	bool		runnable = false;
+
+	for (int i = 0; i < njobs; i++)
+	{
+		const char *state;
+
+		if (req->dry_run && jobs[i].mutates)
+			state = "planned";
+		else
+		{
+			state = jobs[i].stage == 1 ? "queued" : "waiting";
+			runnable = true;
+		}
+		insert_job(id, jobs[i].kind, jobs[i].stage, state, "{}", NULL);
+	}
+
+	/* a dry run with nothing to read is finished as soon as it is planned */
+	if (!runnable)
+	{
+		Oid			types[1] = {INT8OID};
+		Datum		values[1] = {Int64GetDatum(id)};
+
+		prepare(&mark_planned_plan,
+				"UPDATE celloattr.attributions SET state = 'planned', finished_at = now() "
+				"WHERE id = $1",
+				1, types);
+		run(mark_planned_plan, values, NULL, SPI_OK_UPDATE);
+	}
+}
+
+/*
+ * Replace a live attribution of the same user with this forced one: the old
+ * one is marked superseded and its unfinished steps cancelled, in this
+ * transaction, under the row lock taken by the caller.
+ */
+static int64
+supersede(int64 old_id, const AttributionRequest *req, bool signup_via_api)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2];
+	int64		new_id;
+
+	prepare(&next_id_plan,
+			"SELECT nextval('celloattr.attributions_id_seq'::regclass)", 0, NULL);
+	run(next_id_plan, NULL, NULL, SPI_OK_SELECT);
+	new_id = first_int8();
+
+	prepare(&supersede_plan,
+			"UPDATE celloattr.attributions "
+			"   SET superseded_by = $2, "
+			"       state = CASE WHEN state IN ('queued', 'running') THEN 'cancelled' ELSE state END, "
+			"       finished_at = coalesce(finished_at, now()) "
+			" WHERE id = $1",
+			2, types);
+	values[0] = Int64GetDatum(old_id);
+	values[1] = Int64GetDatum(new_id);
+	run(supersede_plan, values, NULL, SPI_OK_UPDATE);
+
+	prepare(&cancel_jobs_plan,
+			"UPDATE celloattr.jobs SET state = 'cancelled', finished_at = now(), lease_until = NULL "
+			" WHERE attribution_id = $1 AND state IN ('waiting', 'queued', 'running')",
+			1, types);
+	run(cancel_jobs_plan, values, NULL, SPI_OK_UPDATE);
+
+	if (try_insert_attribution(req, signup_via_api, new_id, old_id) != new_id)
+		elog(ERROR, "celloattr: could not insert attribution %lld superseding %lld",
+			 (long long) new_id, (long long) old_id);
+	return new_id;
+}
+
+int64
+celloattr_attribute(const AttributionRequest *req)
+{
+	bool		signup_via_api;
+	int64		id = 0;
+
+	celloattr_validate_attribution(req);
+
+	signup_via_api = req->signup_via_api_isnull
+		? strcmp(req->gateway, "cello_api") == 0
+		: req->signup_via_api;
+	if (strcmp(req->gateway, "cello_api") == 0 && !signup_via_api)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the cello_api gateway needs signup_via_api"),
+				 errdetail("On the Cello API path the signup itself is sent through Cello's API."),
+				 errhint("Leave signup_via_api NULL or pass true.")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "celloattr: SPI_connect failed");
+
+	/*
+	 * Insert, or meet the live row of the same user.  The row we meet may
+	 * be cancelled or superseded between our two statements; then try
+	 * again, a few times.
+	 */
+	for (int tries = 0; tries < 3 && id == 0; tries++)
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, BOOLOID};
+		Datum		values[3];
+		int64		existing_id;
+		char	   *existing_ucc;
+
+		id = try_insert_attribution(req, signup_via_api, 0, 0);
+		if (id != 0)
+		{
+			queue_path(id, req, signup_via_api);
+			break;
+		}
+
+		prepare(&find_live_plan,
+				"SELECT id, ucc FROM celloattr.attributions "
+				" WHERE gateway = $1 AND new_user_id = $2 AND dry_run = $3 "
+				"   AND superseded_by IS NULL AND state <> 'cancelled' "
+				"   FOR UPDATE",
+				3, types);
+		values[0] = CStringGetTextDatum(req->gateway);
+		values[1] = CStringGetTextDatum(req->new_user_id);
+		values[2] = BoolGetDatum(req->dry_run);
+		if (run(find_live_plan, values, NULL, SPI_OK_SELECT) == 0)
+			continue;
+		existing_id = first_int8();
+		existing_ucc = SPI_getvalue(SPI_tuptable->vals[0],
+									SPI_tuptable->tupdesc, 2);
+
+		if (strcmp(existing_ucc, req->ucc) == 0)
+			id = existing_id;	/* a repeat: same id, nothing new queued */
+		else if (!req->force)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("user \"%s\" is already attributed to ucc \"%s\" on %s by attribution %lld",
+							celloattr_shown(req->new_user_id), existing_ucc,
+							req->gateway, (long long) existing_id),
+					 errdetail("This call asked for ucc \"%s\": a disputed referral.",
+							   req->ucc),
+					 errhint("To replace attribution %lld, call again with force => true and a reason.",
+							 (long long) existing_id)));
+		else if (req->reason == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("a forced attribution that replaces attribution %lld needs a reason",
+							(long long) existing_id),
+					 errhint("Pass reason => '...' so the audit trail says why the referral changed.")));
+		else
+		{
+			id = supersede(existing_id, req, signup_via_api);
+			queue_path(id, req, signup_via_api);
+		}
+	}
+	if (id == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not queue the attribution of user \"%s\": it kept changing concurrently",
+						celloattr_shown(req->new_user_id)),
+				 errhint("Run the call again.")));
+
+	SPI_finish();
+	return id;
+}
+
+/* A finished repair that gets a new transaction is not finished any more. */
+static void
+reopen_attribution(int64 attribution_id, const char *state)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+
+	prepare(&reopen_attribution_plan,
+			"UPDATE celloattr.attributions "
+			"   SET state = $2, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE finished_at END "
+			" WHERE id = $1 AND state IN ('done', 'needs_support')",
+			2, types);
+	values[0] = Int64GetDatum(attribution_id);
+	values[1] = CStringGetTextDatum(state);
+	run(reopen_attribution_plan, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * The transaction goes to the support report instead of the API: it is
+ * older than the window Cello imports for manual attributions.
+ */
+static void
+report_old_transaction(int64 transaction_id, int64 attribution_id)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+
+	prepare(&transaction_support_plan,
+			"INSERT INTO celloattr.support_items "
+			"  (attribution_id, transaction_id, trigger, event_timestamp, price, currency, "
+			"   subscription_id, invoice_id, interval, seats, product_key, reason) "
+			"SELECT attribution_id, id, trigger, paid_at, amount, currency, "
+			"       subscription_id, invoice_id, interval, seats, product_key, $2 "
+			"  FROM celloattr.transactions WHERE id = $1 "
+			"ON CONFLICT DO NOTHING",
+			2, types);
+	values[0] = Int64GetDatum(transaction_id);
+	values[1] = CStringGetTextDatum(psprintf("older than celloattr.transaction_window (%d days): Cello imports only recent transactions of a manual attribution",
+											 celloattr_transaction_window / SECS_PER_DAY));
+	run(transaction_support_plan, values, NULL, SPI_OK_INSERT);
+
+	/* a finished repair now has something for support */
+	reopen_attribution(attribution_id, "needs_support");
+}
+
+/* Queue the step that sends the transaction, after the signup step. */
+static void
+queue_transaction(int64 transaction_id, int64 attribution_id)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+	bool		signup_done;
+	int64		job_id;
+
+	prepare(&signup_done_plan,
+			"SELECT coalesce(bool_and(state = 'done'), true) FROM celloattr.jobs "
+			" WHERE attribution_id = $1 AND stage < 2",
+			1, types);
+	values[0] = Int64GetDatum(attribution_id);
+	run(signup_done_plan, values, NULL, SPI_OK_SELECT);
+	signup_done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+
+	job_id = insert_job(attribution_id, "cello_transaction", 2,
+						signup_done ? "queued" : "waiting",
+						psprintf("{\"transaction_id\": %lld}", (long long) transaction_id),
+						psprintf("%lld", (long long) transaction_id));
+
+	prepare(&link_transaction_plan,
+			"UPDATE celloattr.transactions SET job_id = $2 WHERE id = $1",
+			2, (Oid[]) {INT8OID, INT8OID});
+	values[0] = Int64GetDatum(transaction_id);
+	values[1] = Int64GetDatum(job_id);
+	run(link_transaction_plan, values, NULL, SPI_OK_UPDATE);
+
+	/* a finished repair has work again */
+	reopen_attribution(attribution_id, "queued");
+}
+
+bool
+celloattr_register_transaction(const TransactionRequest *req, int64 *id)
+{
+	Oid			types[12] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID,
+		TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID};
+	Datum		values[12];
+	char		nulls[12];
+	int64		attribution_id;
+	bool		isnull;
+
+	celloattr_validate_transaction(req);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "celloattr: SPI_connect failed");
+
+	prepare(&find_cello_attribution_plan,
+			"SELECT id FROM celloattr.attributions "
+			" WHERE gateway = 'cello_api' AND new_user_id = $1 AND NOT dry_run "
+			"   AND superseded_by IS NULL AND state <> 'cancelled' "
+			"   FOR UPDATE",
+			1, &types[1]);
+	values[0] = CStringGetTextDatum(req->new_user_id);
+	if (run(find_cello_attribution_plan, values, NULL, SPI_OK_SELECT) == 0)
+	{
+		SPI_finish();
+		return false;
+	}
+	attribution_id = first_int8();
+
+	memset(nulls, ' ', sizeof(nulls));
+	prepare(&insert_transaction_plan,
+			"INSERT INTO celloattr.transactions "
+			"  (attribution_id, new_user_id, invoice_id, trigger, amount, currency, "
+			"   paid_at, interval, product_key, subscription_id, seats) "
+			"VALUES ($1, $2, $3, $4, $5, upper($6), $7, $8, $9, $10, $11) "
+			"ON CONFLICT (attribution_id, invoice_id, trigger) DO NOTHING "
+			"RETURNING id, paid_at < now() - make_interval(secs => $12)",
+			12, types);
+	values[0] = Int64GetDatum(attribution_id);
+	values[1] = CStringGetTextDatum(req->new_user_id);
+	values[2] = CStringGetTextDatum(req->invoice_id);
+	values[3] = CStringGetTextDatum(req->trigger);
+	values[4] = req->amount;
+	values[5] = CStringGetTextDatum(req->currency);
+	values[6] = TimestampTzGetDatum(req->paid_at);
+	values[7] = CStringGetTextDatum(req->interval);
+	values[8] = text_or_null(req->product_key, &nulls[8]);
+	values[9] = text_or_null(req->subscription_id, &nulls[9]);
+	values[10] = Int32GetDatum(req->seats);
+	nulls[10] = req->seats_isnull ? 'n' : ' ';
+	values[11] = Int32GetDatum(celloattr_transaction_window);
+
+	if (run(insert_transaction_plan, values, nulls, SPI_OK_INSERT_RETURNING) == 1)
+	{
+		bool		too_old;
+
+		*id = first_int8();
+		too_old = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 2, &isnull));
+		if (too_old)
+			report_old_transaction(*id, attribution_id);
+		else
+			queue_transaction(*id, attribution_id);
+	}
+	else
+	{
+		/* the same invoice again: its id, nothing new queued */
+		prepare(&find_transaction_plan,
+				"SELECT id FROM celloattr.transactions "
+				" WHERE attribution_id = $1 AND invoice_id = $2 AND trigger = $3",
+				3, (Oid[]) {INT8OID, TEXTOID, TEXTOID});
+		values[1] = values[2];
+		values[2] = values[3];
+		if (run(find_transaction_plan, values, NULL, SPI_OK_SELECT) != 1)
+			elog(ERROR, "celloattr: registered transaction vanished");
+		*id = first_int8();
+	}
+
+	SPI_finish();
+	return true;
+}
+
+/* ------------------------------------------------------- SQL functions */
+
+static const char *
+text_arg(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+PG_FUNCTION_INFO_V1(cello_attribute);
+Datum
+cello_attribute(PG_FUNCTION_ARGS)
+{
+	AttributionRequest req;
+
+	req.ucc = text_arg(fcinfo, 0);
+	req.new_user_id = text_arg(fcinfo, 1);
+	req.gateway = text_arg(fcinfo, 2);
+	req.customer_id = text_arg(fcinfo, 3);
+	req.email = text_arg(fcinfo, 4);
+	req.name = text_arg(fcinfo, 5);
+	req.organization_id = text_arg(fcinfo, 6);
+	req.signup_via_api_isnull = PG_ARGISNULL(7);
+	req.signup_via_api = req.signup_via_api_isnull ? false : PG_GETARG_BOOL(7);
+	req.signed_up_at_isnull = PG_ARGISNULL(8);
+	req.signed_up_at = req.signed_up_at_isnull ? 0 : PG_GETARG_TIMESTAMPTZ(8);
+	req.reason = text_arg(fcinfo, 9);
+	req.force = PG_ARGISNULL(10) ? false : PG_GETARG_BOOL(10);
+	req.dry_run = PG_ARGISNULL(11) ? false : PG_GETARG_BOOL(11);
+
+	PG_RETURN_INT64(celloattr_attribute(&req));
+}
+
+PG_FUNCTION_INFO_V1(cello_transaction);
+Datum
+cello_transaction(PG_FUNCTION_ARGS)
+{
+	TransactionRequest req;
+	int64		id;
+
+	req.new_user_id = text_arg(fcinfo, 0);
+	req.invoice_id = text_arg(fcinfo, 1);
+	req.amount_isnull = PG_ARGISNULL(2);
+	req.amount = req.amount_isnull ? (Datum) 0 : PG_GETARG_DATUM(2);
+	req.currency = text_arg(fcinfo, 3);
+	req.paid_at_isnull = PG_ARGISNULL(4);
+	req.paid_at = req.paid_at_isnull ? 0 : PG_GETARG_TIMESTAMPTZ(4);
+	req.interval = text_arg(fcinfo, 5);
+	req.product_key = text_arg(fcinfo, 6);
+	req.subscription_id = text_arg(fcinfo, 7);
+	req.seats_isnull = PG_ARGISNULL(8);
+	req.seats = req.seats_isnull ? 0 : PG_GETARG_INT32(8);
+	req.trigger = text_arg(fcinfo, 9);
+
+	if (!celloattr_register_transaction(&req, &id))
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(id);
+}

@@ -1,0 +1,132 @@
+/*-------------------------------------------------------------------------
+ *
+ * celloattr.h
+ *	  What the modules of celloattr offer each other: settings, the shared
+ *	  state between backends and the worker, and the queueing API that the
+ *	  SQL functions and the triggers share.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CELLOATTR_H
+#define CELLOATTR_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+
+#define CELLOATTR_VERSION "1.0"
+
+/* ------------------------------------------------------------ guc.c */
+
+extern char *celloattr_database;
+extern char *celloattr_stripe_api_url;
+extern char *celloattr_stripe_secret_key;
+extern char *celloattr_stripe_webhook_endpoint;
+extern char *celloattr_stripe_api_version;
+extern char *celloattr_chargebee_site;
+extern char *celloattr_chargebee_api_url;
+extern char *celloattr_chargebee_api_key;
+extern char *celloattr_chargebee_webhook_url;
+extern char *celloattr_chargebee_webhook_username;
+extern char *celloattr_chargebee_webhook_password;
+extern bool celloattr_chargebee_custom_fields;
+extern char *celloattr_cello_api_url;
+extern char *celloattr_cello_access_key_id;
+extern char *celloattr_cello_secret_access_key;
+extern int	celloattr_transaction_window;	/* seconds */
+extern int	celloattr_max_in_flight;
+extern int	celloattr_connect_timeout;	/* ms */
+extern int	celloattr_request_timeout;	/* ms */
+extern int	celloattr_max_attempts;
+extern int	celloattr_backoff_base;	/* ms */
+extern int	celloattr_backoff_max;	/* s */
+extern int	celloattr_poll_interval;	/* ms */
+extern int	celloattr_lease;		/* s */
+extern bool celloattr_allow_http;
+extern bool celloattr_paused;
+extern int	celloattr_log_body_limit;	/* bytes */
+extern double celloattr_stripe_rate_limit;	/* requests per second */
+extern double celloattr_chargebee_rate_limit;	/* requests per minute */
+extern double celloattr_cello_rate_limit;	/* requests per second */
+
+extern void celloattr_define_gucs(bool preloading);
+
+/* ------------------------------------------------------- celloattr.c */
+
+/* State shared between backends and the worker (exists only when the
+ * library was preloaded). */
+typedef struct CelloattrShared
+{
+	slock_t		mutex;
+	Latch	   *worker_latch;	/* NULL while no worker runs */
+	pid_t		worker_pid;
+	Oid			worker_database;
+	ConditionVariable progress; /* broadcast when an attribution changes */
+} CelloattrShared;
+
+extern CelloattrShared *celloattr_shared;
+extern bool celloattr_preloaded;
+
+/* Wake the worker when the current transaction commits. */
+extern void celloattr_wake_worker_at_commit(void);
+
+/* ------------------------------------------------------- attribute.c */
+
+/* One repair as asked for by SQL or a trigger; NULL strings are absent. */
+typedef struct AttributionRequest
+{
+	const char *ucc;
+	const char *new_user_id;
+	const char *gateway;
+	const char *customer_id;
+	const char *email;
+	const char *name;
+	const char *organization_id;
+	bool		signup_via_api_isnull;
+	bool		signup_via_api;
+	bool		signed_up_at_isnull;
+	TimestampTz signed_up_at;
+	const char *reason;
+	bool		force;
+	bool		dry_run;
+} AttributionRequest;
+
+/* Validate and queue one repair; returns the attribution id. */
+extern int64 celloattr_attribute(const AttributionRequest *req);
+
+/* One transaction of an attributed user (Cello API path). */
+typedef struct TransactionRequest
+{
+	const char *new_user_id;
+	const char *invoice_id;
+	bool		amount_isnull;
+	Datum		amount;			/* numeric */
+	const char *currency;
+	bool		paid_at_isnull;
+	TimestampTz paid_at;
+	const char *interval;
+	const char *product_key;
+	const char *subscription_id;
+	bool		seats_isnull;
+	int32		seats;
+	const char *trigger;
+} TransactionRequest;
+
+/* Validate and register one transaction; false when the user has no Cello
+ * API attribution (nothing registered), else *id is the transaction id. */
+extern bool celloattr_register_transaction(const TransactionRequest *req,
+										   int64 *id);
+
+/* -------------------------------------------------------- validate.c */
+
+extern void celloattr_validate_attribution(const AttributionRequest *req);
+extern void celloattr_validate_transaction(const TransactionRequest *req);
+
+/* A caller's value as an error message may quote it. */
+extern char *celloattr_shown(const char *value);
+
+#endif							/* CELLOATTR_H */

@@ -1,0 +1,247 @@
+/*-------------------------------------------------------------------------
+ *
+ * validate.c
+ *	  Strict checks of what callers pass, before anything is queued.
+ *
+ * A bad value must fail at the SQL call, in the caller's transaction, with
+ * a message that names it: not hours later in the worker, and never as a
+ * wrong code written into a payment gateway.  The limits are the providers'
+ * own (see ../shared/reference): Stripe metadata values hold 500 characters,
+ * e-mails 512 and names 256; Chargebee customer ids 50 and single-line
+ * custom fields 99; a Cello ucc is 11 letters and digits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "lib/stringinfo.h"
+#include "utils/timestamp.h"
+
+#include "celloattr.h"
+
+#define UCC_LENGTH				11
+#define MAX_USER_ID				500
+#define MAX_USER_ID_CUSTOM_FIELD 99
+#define MAX_STRIPE_CUSTOMER_ID	255
+#define MAX_CHARGEBEE_CUSTOMER_ID 50
+#define MAX_EMAIL				512
+#define MAX_NAME				256
+#define MAX_REASON				1000
+#define MAX_INVOICE_ID			255
+#define MAX_PRODUCT_KEY			255
+#define MAX_SUBSCRIPTION_ID		255
+/* clocks differ; a timestamp this far ahead is a mistake, not skew */
+#define FUTURE_TOLERANCE_USECS	(USECS_PER_HOUR)
+
+static const char *const intervals[] = {
+	"one-time", "weekly", "bi-weekly", "monthly", "quarterly", "semi-annual",
+	"yearly", "biennial", "triennial", "lifetime", NULL
+};
+
+/* The value as it may be shown in a message: short, control bytes escaped. */
+char *
+celloattr_shown(const char *value)
+{
+	StringInfoData buf;
+	int			n = 0;
+
+	initStringInfo(&buf);
+	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+	{
+		if (++n > 60)
+		{
+			appendStringInfoString(&buf, "...");
+			break;
+		}
+		if (*p < 0x20 || *p == 0x7f)
+			appendStringInfo(&buf, "\\x%02X", *p);
+		else
+			appendStringInfoChar(&buf, (char) *p);
+	}
+	return buf.data;
+}
+
+static bool
+in_list(const char *value, const char *const *list)
+{
+	for (; *list; list++)
+		if (strcmp(value, *list) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A text argument: NULL and empty are errors when required; length and
+ * control characters are checked always.  Newlines are allowed only where
+ * prose is expected (allow_newlines).
+ */
+static void
+check_text(const char *what, const char *value, bool required, int max_chars,
+		   bool allow_newlines)
+{
+	int			chars = 0;
+
+	if (value == NULL)
+	{
+		if (required)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be NULL", what),
+					 errhint("Pass a value for %s; it is required.", what)));
+		return;
+	}
+	if (value[0] == '\0')
+	{
+		if (required)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not be empty", what),
+					 errhint("Pass a value for %s; it is required.", what)));
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what),
+				 errhint("Pass NULL to leave it out.")));
+	}
+
+	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+	{
+		if ((*p < 0x20 || *p == 0x7f) &&
+			!(allow_newlines && (*p == '\n' || *p == '\r' || *p == '\t')))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s \"%s\" contains a control character", what,
+							celloattr_shown(value)),
+					 errdetail("Byte 0x%02X at position %d.", *p,
+							   (int) (p - (const unsigned char *) value) + 1),
+					 errhint("Remove control characters; providers reject them or store them unreadably.")));
+		/* count characters, not bytes: continuation bytes are 10xxxxxx */
+		if ((*p & 0xC0) != 0x80)
+			chars++;
+	}
+	if (chars > max_chars)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s \"%s\" is too long", what, celloattr_shown(value)),
+				 errdetail("It has %d characters; at most %d fit.", chars, max_chars),
+				 errhint("Check that the right column or value was passed.")));
+}
+
+static void
+check_not_future(const char *what, TimestampTz ts)
+{
+	if (ts > GetCurrentTransactionStartTimestamp() + FUTURE_TOLERANCE_USECS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is in the future", what),
+				 errdetail("Times more than an hour ahead of the server's clock are refused."),
+				 errhint("Pass the time at which it happened.")));
+}
+
+void
+celloattr_validate_attribution(const AttributionRequest *req)
+{
+	bool		chargebee;
+	int			user_id_max;
+
+	check_text("ucc", req->ucc, true, UCC_LENGTH, false);
+	if (strlen(req->ucc) != UCC_LENGTH ||
+		strspn(req->ucc, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") != UCC_LENGTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid ucc \"%s\"", celloattr_shown(req->ucc)),
+				 errdetail("A Cello ucc is exactly 11 letters and digits."),
+				 errhint("Copy the referrer's code from the Cello portal, e.g. the end of the referral link.")));
+
+	check_text("gateway", req->gateway, true, 32, false);
+	if (strcmp(req->gateway, "stripe") != 0 &&
+		strcmp(req->gateway, "chargebee") != 0 &&
+		strcmp(req->gateway, "cello_api") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown gateway \"%s\"", celloattr_shown(req->gateway)),
+				 errhint("Use 'stripe', 'chargebee' or 'cello_api'.")));
+	chargebee = strcmp(req->gateway, "chargebee") == 0;
+
+	user_id_max = (chargebee && celloattr_chargebee_custom_fields)
+		? MAX_USER_ID_CUSTOM_FIELD : MAX_USER_ID;
+	check_text("new_user_id", req->new_user_id, true, user_id_max, false);
+	check_text("customer_id", req->customer_id, false,
+			   chargebee ? MAX_CHARGEBEE_CUSTOMER_ID : MAX_STRIPE_CUSTOMER_ID,
+			   false);
+	check_text("email", req->email, false, MAX_EMAIL, false);
+	if (req->email != NULL)
+	{
+		const char *at = strchr(req->email, '@');
+
+		if (at == NULL || at == req->email || at[1] == '\0' ||
+			strchr(at + 1, '@') != NULL || strpbrk(req->email, " ,;<>") != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid email \"%s\"", celloattr_shown(req->email)),
+					 errhint("Pass one plain address such as jane@example.com.")));
+	}
+	check_text("name", req->name, false, MAX_NAME, false);
+	check_text("organization_id", req->organization_id, false, user_id_max, false);
+	check_text("reason", req->reason, false, MAX_REASON, true);
+	if (!req->signed_up_at_isnull)
+		check_not_future("signed_up_at", req->signed_up_at);
+}
+
+void
+celloattr_validate_transaction(const TransactionRequest *req)
+{
+	check_text("new_user_id", req->new_user_id, true, MAX_USER_ID, false);
+	check_text("invoice_id", req->invoice_id, true, MAX_INVOICE_ID, false);
+
+	if (req->amount_isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("amount must not be NULL"),
+				 errhint("Pass the amount of the invoice or refund in the currency's major unit.")));
+
+	check_text("currency", req->currency, true, 3, false);
+	if (strlen(req->currency) != 3 ||
+		strspn(req->currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") != 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid currency \"%s\"", celloattr_shown(req->currency)),
+				 errhint("Pass a three-letter ISO 4217 code such as 'EUR'.")));
+
+	if (req->paid_at_isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("paid_at must not be NULL"),
+				 errhint("Pass the time the invoice was paid or the charge refunded.")));
+	check_not_future("paid_at", req->paid_at);
+
+	check_text("interval", req->interval, true, 32, false);
+	if (!in_list(req->interval, intervals))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid interval \"%s\"", celloattr_shown(req->interval)),
+				 errhint("Use one of Cello's intervals: one-time, weekly, bi-weekly, monthly, quarterly, semi-annual, yearly, biennial, triennial, lifetime.")));
+
+	check_text("trigger", req->trigger, true, 32, false);
+	if (strcmp(req->trigger, "invoice-paid") != 0 &&
+		strcmp(req->trigger, "charge-refunded") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid trigger \"%s\"", celloattr_shown(req->trigger)),
+				 errhint("Use 'invoice-paid' or 'charge-refunded'.")));
+
+	if (req->product_key == NULL && strcmp(req->trigger, "invoice-paid") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("product_key must not be NULL for an invoice-paid transaction"),
+				 errhint("Cello requires the name of the product or plan bought.")));
+	check_text("product_key", req->product_key, false, MAX_PRODUCT_KEY, false);
+	check_text("subscription_id", req->subscription_id, false,
+			   MAX_SUBSCRIPTION_ID, false);
+
+	if (!req->seats_isnull && req->seats < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seats must not be negative"),
+				 errhint("Pass the number of seats used, or NULL.")));
+}
