@@ -7,7 +7,15 @@ OBJS = \
 	src/attribute.o \
 	src/validate.o \
 	src/operator.o \
-	src/triggers.o
+	src/triggers.o \
+	src/launcher.o \
+	src/worker.o \
+	src/queue.o \
+	src/http.o \
+	src/job.o \
+	src/json.o \
+	src/encode.o \
+	src/stripe.o
 
 EXTENSION = celloattr
 DATA = celloattr--1.0.sql

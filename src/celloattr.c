@@ -24,12 +24,15 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "worker.h"
+
 #include "celloattr.h"
 
 PG_MODULE_MAGIC;
 
 CelloattrShared *celloattr_shared = NULL;
 bool		celloattr_preloaded = false;
+bool		celloattr_am_worker = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -130,7 +133,10 @@ warn_if_no_worker(void)
 void
 celloattr_wake_worker_at_commit(void)
 {
-	if (!wake_at_commit && !IsBackgroundWorker)
+	/* the worker knows what it queued itself; waking it would spin */
+	if (celloattr_am_worker)
+		return;
+	if (!wake_at_commit)
 		warn_if_no_worker();
 	wake_at_commit = true;
 }
@@ -165,5 +171,7 @@ _PG_init(void)
 	shmem_request_hook = celloattr_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = celloattr_shmem_startup;
+
+	celloattr_register_launcher();
 
 }

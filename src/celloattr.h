@@ -66,10 +66,12 @@ typedef struct CelloattrShared
 	pid_t		worker_pid;
 	Oid			worker_database;
 	ConditionVariable progress; /* broadcast when an attribution changes */
+	bool		drop_requested; /* DROP DATABASE waits for the worker to go */
 } CelloattrShared;
 
 extern CelloattrShared *celloattr_shared;
 extern bool celloattr_preloaded;
+extern bool celloattr_am_worker;
 
 /* Wake the worker when the current transaction commits. */
 extern void celloattr_wake_worker_at_commit(void);

@@ -1,0 +1,181 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *	  The machinery every provider's steps share: the step registry,
+ *	  issuing requests, classifying answers, recording what was learned.
+ *
+ * Classification follows ../shared/reference: transport errors, 5xx and
+ * 409 (a concurrent request with the same idempotency key) are transient;
+ * 429 is waited out for Retry-After without using an attempt; any other
+ * 4xx is final and keeps the provider's own message.  Stripe may say
+ * "Stripe-Should-Retry: false" on a 5xx: its idempotency layer would only
+ * replay the same failure, so that one is final too.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "utils/timestamp.h"
+
+#include "celloattr.h"
+#include "job.h"
+#include "providers.h"
+
+/* Longest we believe a Retry-After: a day. */
+#define MAX_RETRY_AFTER_SECONDS 86400.0
+
+static const StepOps *const steps[] = {
+	&stripe_customer_step,
+	&stripe_payments_step,
+	&stripe_resend_step,
+	NULL
+};
+
+const StepOps *
+job_step_ops(const char *kind)
+{
+	for (int i = 0; steps[i]; i++)
+		if (strcmp(steps[i]->kind, kind) == 0)
+			return steps[i];
+	return NULL;
+}
+
+HttpExchange *
+job_request(Job *job, const char *method, const char *url)
+{
+	HttpExchange *ex = MemoryContextAllocZero(job->cxt, sizeof(HttpExchange));
+
+	ex->provider = job->ops->provider;
+	ex->method = method;
+	ex->url = MemoryContextStrdup(job->cxt, url);
+	ex->owner = job;
+	return ex;
+}
+
+void
+job_send(Job *job, HttpExchange *exchange)
+{
+	job->pending = exchange;
+	job->verdict = JOB_RUNNING;
+	job->exchanges = lappend(job->exchanges, exchange);
+}
+
+void
+job_done(Job *job)
+{
+	job->verdict = JOB_DONE;
+}
+
+void
+job_fail(Job *job, const char *fmt,...)
+{
+	va_list		args;
+	char		buf[1024];
+
+	va_start(args, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	va_end(args);
+	job->verdict = JOB_FAILED;
+	job->error = MemoryContextStrdup(job->cxt, buf);
+}
+
+void
+job_retry(Job *job, const char *fmt,...)
+{
+	va_list		args;
+	char		buf[1024];
+
+	va_start(args, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	va_end(args);
+	job->verdict = JOB_RETRY;
+	job->error = MemoryContextStrdup(job->cxt, buf);
+}
+
+/* Retry-After in seconds (the HTTP-date form is rare; use the default). */
+static double
+retry_after_seconds(const char *value, double fallback)
+{
+	char	   *end;
+	double		s;
+
+	if (value == NULL)
+		return fallback;
+	s = strtod(value, &end);
+	if (end == value || *end != '\0' || s < 0 || isnan(s))
+		return fallback;
+	return Min(s, MAX_RETRY_AFTER_SECONDS);
+}
+
+bool
+job_response_ok(Job *job, HttpExchange *ex, double default_retry_after,
+				char *(*provider_message) (const char *body))
+{
+	char	   *message;
+
+	job->last_status = ex->status;
+	if (ex->error != NULL)
+	{
+		job_retry(job, "%s %s: %s", ex->method, ex->url, ex->error);
+		return false;
+	}
+	if (ex->status >= 200 && ex->status < 300)
+		return true;
+
+	message = provider_message(ex->response);
+	if (message == NULL)
+		message = psprintf("HTTP %ld", ex->status);
+
+	if (ex->status == 429)
+	{
+		job->verdict = JOB_SNOOZE;
+		job->snooze_seconds = retry_after_seconds(ex->retry_after, default_retry_after);
+		job->error = psprintf("rate limited by %s (HTTP 429): %s",
+							  ex->provider, message);
+	}
+	else if (ex->status >= 500 || ex->status == 409)
+	{
+		if (ex->should_retry && pg_strcasecmp(ex->should_retry, "false") == 0)
+			job_fail(job, "%s answered HTTP %ld and asked not to retry: %s",
+					 ex->provider, ex->status, message);
+		else
+			job_retry(job, "%s answered HTTP %ld: %s", ex->provider,
+					  ex->status, message);
+	}
+	else
+		job_fail(job, "%s answered HTTP %ld: %s", ex->provider, ex->status,
+				 message);
+	return false;
+}
+
+void
+job_follow_up(Job *job, const char *kind, char *payload, char *key_suffix,
+			  bool mutates)
+{
+	FollowUp   *f = MemoryContextAllocZero(job->cxt, sizeof(FollowUp));
+
+	f->kind = kind;
+	f->payload = payload;
+	f->key_suffix = key_suffix;
+	f->mutates = mutates;
+	job->follow_ups = lappend(job->follow_ups, f);
+}
+
+SupportItem *
+job_support(Job *job, const char *trigger, const char *reason)
+{
+	SupportItem *s = MemoryContextAllocZero(job->cxt, sizeof(SupportItem));
+
+	s->trigger = trigger;
+	s->reason = MemoryContextStrdup(job->cxt, reason);
+	job->support = lappend(job->support, s);
+	return s;
+}
+
+TimestampTz
+job_window_start(void)
+{
+	return GetCurrentTimestamp() - (TimestampTz) celloattr_transaction_window * USECS_PER_SEC;
+}

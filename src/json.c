@@ -1,0 +1,119 @@
+/*-------------------------------------------------------------------------
+ *
+ * json.c
+ *	  Small helpers over json-c for reading provider answers.
+ *
+ * Answers are untrusted: every accessor checks the type it expects and
+ * returns "absent" for anything else, so an answer of an unexpected shape
+ * fails a step with a message instead of crashing the worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+
+#include "json.h"
+
+/* Deeper nesting than any provider answer needs is refused. */
+#define JSON_MAX_DEPTH 64
+
+struct json_object *
+json_parse(const char *text)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+
+	if (text == NULL)
+		return NULL;
+	tok = json_tokener_new_ex(JSON_MAX_DEPTH);
+	if (tok == NULL)
+		return NULL;
+	obj = json_tokener_parse_ex(tok, text, (int) strlen(text));
+	if (json_tokener_get_error(tok) != json_tokener_success)
+	{
+		json_object_put(obj);
+		obj = NULL;
+	}
+	json_tokener_free(tok);
+	return obj;
+}
+
+struct json_object *
+json_at(struct json_object *obj, const char *path)
+{
+	const char *p = path;
+
+	while (obj != NULL && *p)
+	{
+		char		key[128];
+		size_t		n = strcspn(p, ".");
+
+		if (n >= sizeof(key) || !json_object_is_type(obj, json_type_object))
+			return NULL;
+		memcpy(key, p, n);
+		key[n] = '\0';
+		if (!json_object_object_get_ex(obj, key, &obj))
+			return NULL;
+		p += n;
+		if (*p == '.')
+			p++;
+	}
+	return obj;
+}
+
+char *
+json_string_at(struct json_object *obj, const char *path)
+{
+	struct json_object *v = json_at(obj, path);
+
+	if (v == NULL || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return pnstrdup(json_object_get_string(v), json_object_get_string_len(v));
+}
+
+bool
+json_int_at(struct json_object *obj, const char *path, int64 *value)
+{
+	struct json_object *v = json_at(obj, path);
+
+	if (v == NULL || !json_object_is_type(v, json_type_int))
+		return false;
+	*value = json_object_get_int64(v);
+	return true;
+}
+
+bool
+json_bool_at(struct json_object *obj, const char *path, bool *value)
+{
+	struct json_object *v = json_at(obj, path);
+
+	if (v == NULL || !json_object_is_type(v, json_type_boolean))
+		return false;
+	*value = json_object_get_boolean(v);
+	return true;
+}
+
+char *
+json_quote(const char *text)
+{
+	struct json_object *s = json_object_new_string(text);
+	char	   *out;
+
+	if (s == NULL)
+		elog(ERROR, "celloattr: out of memory quoting JSON");
+	out = pstrdup(json_object_to_json_string_ext(s, JSON_C_TO_STRING_PLAIN |
+												 JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(s);
+	return out;
+}
+
+char *
+json_message_at(const char *body, const char *path)
+{
+	struct json_object *obj = json_parse(body);
+	char	   *message = json_string_at(obj, path);
+
+	json_object_put(obj);
+	return message;
+}

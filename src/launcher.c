@@ -1,0 +1,212 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher: waits for the database named by celloattr.database,
+ *	  starts the worker there, and starts it again when it stops.
+ *
+ * The launcher is connected to no database, so it can wait for one that
+ * does not exist yet (or was dropped) without failing and being restarted
+ * in a loop.  A DROP DATABASE of the worker's database asks the worker to
+ * leave first (a ProcessUtility hook in every backend), so the drop does
+ * not fail on "being accessed by other users"; WITH (FORCE) terminates it
+ * as it would any session.  Either way the launcher starts a new worker
+ * once the database is back.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+#include "celloattr.h"
+#include "worker.h"
+
+/* How often the launcher looks for the database while it is missing. */
+#define LAUNCHER_NAP_MS 1000
+/* How long a stopped worker rests before it is started again. */
+#define RESTART_DELAY_MS 1000
+/* How long DROP DATABASE waits for the worker to leave. */
+#define DROP_WAIT_MS 10000
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+static void
+start_worker(Oid database, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker w;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "celloattr");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "celloattr_worker_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "celloattr worker");
+	snprintf(w.bgw_type, BGW_MAXLEN, "celloattr worker");
+	w.bgw_main_arg = ObjectIdGetDatum(database);
+	w.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&w, handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("could not start the celloattr worker"),
+				 errhint("Raise max_worker_processes.")));
+		*handle = NULL;
+	}
+}
+
+static Oid
+lookup_database(void)
+{
+	Oid			oid;
+
+	StartTransactionCommand();
+	oid = get_database_oid(celloattr_database, true);
+	CommitTransactionCommand();
+	return oid;
+}
+
+void
+celloattr_launcher_main(Datum main_arg)
+{
+	BackgroundWorkerHandle *handle = NULL;
+	TimestampTz start_after = 0;
+	bool		said_missing = false;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("celloattr launcher");
+
+	while (!ShutdownRequestPending)
+	{
+		long		nap = LAUNCHER_NAP_MS;
+		pid_t		pid;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (handle && GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
+		{
+			pfree(handle);
+			handle = NULL;
+			start_after = GetCurrentTimestamp() + RESTART_DELAY_MS * 1000L;
+		}
+		if (handle == NULL && !celloattr_shared->drop_requested &&
+			GetCurrentTimestamp() >= start_after)
+		{
+			Oid			database = lookup_database();
+
+			if (OidIsValid(database))
+			{
+				start_worker(database, &handle);
+				said_missing = false;
+			}
+			else if (!said_missing)
+			{
+				ereport(LOG,
+						(errmsg("celloattr launcher: database \"%s\" does not exist; waiting for it",
+								celloattr_database),
+						 errhint("Create it, or set celloattr.database and restart the server.")));
+				said_missing = true;
+			}
+		}
+		if (handle)
+			nap = 10 * LAUNCHER_NAP_MS; /* the worker's exit sets our latch */
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 nap, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	proc_exit(0);
+}
+
+/*
+ * DROP DATABASE of the worker's database: ask the worker to leave and wait
+ * until it has, then let the drop proceed.  The launcher starts no worker
+ * while the drop runs; if the drop fails, it starts one again.
+ */
+static void
+celloattr_process_utility(PlannedStmt *pstmt, const char *queryString,
+						  bool readOnlyTree, ProcessUtilityContext context,
+						  ParamListInfo params, QueryEnvironment *queryEnv,
+						  DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+	volatile bool ours = IsA(stmt, DropdbStmt) && celloattr_database != NULL &&
+		strcmp(((DropdbStmt *) stmt)->dbname, celloattr_database) == 0;
+
+	if (ours)
+	{
+		Latch	   *latch;
+
+		SpinLockAcquire(&celloattr_shared->mutex);
+		celloattr_shared->drop_requested = true;
+		latch = celloattr_shared->worker_latch;
+		SpinLockRelease(&celloattr_shared->mutex);
+		if (latch)
+			SetLatch(latch);
+		for (int waited = 0; waited < DROP_WAIT_MS; waited += 10)
+		{
+			pid_t		pid;
+
+			SpinLockAcquire(&celloattr_shared->mutex);
+			pid = celloattr_shared->worker_pid;
+			SpinLockRelease(&celloattr_shared->mutex);
+			if (pid == 0)
+				break;
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(10000L);
+		}
+	}
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context,
+								 params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		if (ours)
+			celloattr_shared->drop_requested = false;
+	}
+	PG_END_TRY();
+}
+
+void
+celloattr_register_launcher(void)
+{
+	BackgroundWorker w;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 5;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "celloattr");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "celloattr_launcher_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "celloattr launcher");
+	snprintf(w.bgw_type, BGW_MAXLEN, "celloattr launcher");
+	RegisterBackgroundWorker(&w);
+
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = celloattr_process_utility;
+}

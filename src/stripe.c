@@ -1,0 +1,686 @@
+/*-------------------------------------------------------------------------
+ *
+ * stripe.c
+ *	  The Stripe repair path (../shared/reference/stripe-chargebee.md, A).
+ *
+ *	  stripe_customer  find the customer (by id, else metadata new_user_id
+ *	                   search, else exact email), refuse a conflicting
+ *	                   cello_ucc unless forced, set the metadata keys
+ *	  stripe_payments  list the customer's invoice.paid events inside the
+ *	                   window and its paid invoices; older ones go to the
+ *	                   support report, each event gets a stripe_resend step
+ *	  stripe_resend    POST /v1/events/{id}/retry to Cello's endpoint
+ *
+ * Stripe merges metadata keys on update, so only our keys are sent and
+ * every other key stays as it was.  Every POST carries the step's
+ * idempotency key, so a step sent again after a crash changes nothing twice.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/timestamp.h"
+
+#include "celloattr.h"
+#include "json.h"
+#include "providers.h"
+
+#define PAGE_LIMIT "100"
+/* pages read before a listing is deemed runaway */
+#define MAX_PAGES 200
+/* Stripe documents no Retry-After default; back off a second */
+#define STRIPE_RETRY_AFTER 1.0
+
+typedef enum StripePhase
+{
+	FIND_BY_ID,
+	FIND_BY_METADATA,
+	FIND_BY_EMAIL,
+	UPDATE_METADATA,
+	LIST_EVENTS,
+	LIST_INVOICES,
+	RESEND
+} StripePhase;
+
+typedef struct StripeState
+{
+	StripePhase phase;
+	char	   *customer;
+	int			pages;
+	List	   *events;			/* StripeEvent * inside the window */
+	StringInfoData plan_too_old;	/* JSON array items */
+} StripeState;
+
+typedef struct StripeEvent
+{
+	char	   *id;
+	char	   *invoice;
+} StripeEvent;
+
+static char *
+stripe_message(const char *body)
+{
+	return json_message_at(body, "error.message");
+}
+
+static StripeState *
+state_of(Job *job)
+{
+	if (job->state == NULL)
+		job->state = palloc0(sizeof(StripeState));
+	return (StripeState *) job->state;
+}
+
+static HttpExchange *stripe_request(Job *job, const char *method,
+									const char *path_fmt,...) pg_attribute_printf(3, 4);
+
+/* A request to Stripe with its authentication; NULL (job failed) if unset. */
+static HttpExchange *
+stripe_request(Job *job, const char *method, const char *path_fmt,...)
+{
+	HttpExchange *ex;
+	StringInfoData url;
+	va_list		args;
+
+	if (celloattr_stripe_secret_key == NULL || celloattr_stripe_secret_key[0] == '\0')
+	{
+		job_fail(job, "celloattr.stripe_secret_key is not set");
+		return NULL;
+	}
+	initStringInfo(&url);
+	appendStringInfoString(&url, base_url(celloattr_stripe_api_url));
+	for (;;)
+	{
+		int			needed;
+
+		va_start(args, path_fmt);
+		needed = appendStringInfoVA(&url, path_fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&url, needed);
+	}
+	ex = job_request(job, method, url.data);
+	http_add_header(ex, "Authorization: Bearer %s", celloattr_stripe_secret_key);
+	if (celloattr_stripe_api_version && celloattr_stripe_api_version[0])
+		http_add_header(ex, "Stripe-Version: %s", celloattr_stripe_api_version);
+	if (strcmp(method, "POST") == 0)
+	{
+		http_add_header(ex, "Content-Type: application/x-www-form-urlencoded");
+		http_add_header(ex, "Idempotency-Key: %s", job->idempotency_key);
+	}
+	return ex;
+}
+
+/* A value inside a search query: quoted, with quotes and backslashes escaped. */
+static char *
+search_literal(const char *value)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '\'');
+	for (const char *p = value; *p; p++)
+	{
+		if (*p == '\'' || *p == '"' || *p == '\\')
+			appendStringInfoChar(&buf, '\\');
+		appendStringInfoChar(&buf, *p);
+	}
+	appendStringInfoChar(&buf, '\'');
+	return buf.data;
+}
+
+static void
+find_by_metadata(Job *job)
+{
+	HttpExchange *ex;
+	char	   *query = psprintf("metadata['new_user_id']:%s",
+								 search_literal(job->new_user_id));
+
+	ex = stripe_request(job, "GET", "/v1/customers/search?query=%s&limit=10",
+						url_escape(query));
+	if (ex)
+	{
+		state_of(job)->phase = FIND_BY_METADATA;
+		job_send(job, ex);
+	}
+}
+
+static void
+find_by_email(Job *job)
+{
+	HttpExchange *ex = stripe_request(job, "GET", "/v1/customers?email=%s&limit=10",
+									  url_escape(job->email));
+
+	if (ex)
+	{
+		state_of(job)->phase = FIND_BY_EMAIL;
+		job_send(job, ex);
+	}
+}
+
+static void
+customer_start(Job *job)
+{
+	if (job->customer_id)
+	{
+		HttpExchange *ex = stripe_request(job, "GET", "/v1/customers/%s",
+										  url_escape(job->customer_id));
+
+		if (ex)
+		{
+			state_of(job)->phase = FIND_BY_ID;
+			job_send(job, ex);
+		}
+	}
+	else
+		find_by_metadata(job);
+}
+
+/* Ids of the customers in a list answer, for a message. */
+static char *
+listed_ids(struct json_object *data)
+{
+	StringInfoData buf;
+	size_t		n = json_object_array_length(data);
+
+	initStringInfo(&buf);
+	for (size_t i = 0; i < n && i < 10; i++)
+	{
+		char	   *id = json_string_at(json_object_array_get_idx(data, i), "id");
+
+		appendStringInfo(&buf, "%s%s", i ? ", " : "", id ? id : "?");
+	}
+	return buf.data;
+}
+
+static bool
+same(const char *a, const char *b)
+{
+	return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+/*
+ * The customer is known: refuse a conflicting referral unless forced, then
+ * set our keys (or, in a dry run, only say what would be set).
+ */
+static void
+attach_referral(Job *job, struct json_object *customer)
+{
+	char	   *id = json_string_at(customer, "id");
+	char	   *current = json_string_at(customer, "metadata.cello_ucc");
+	bool		already;
+	StringInfoData body;
+	HttpExchange *ex;
+
+	if (id == NULL)
+	{
+		job_fail(job, "Stripe answered a customer without an id");
+		return;
+	}
+	if (current && strcmp(current, job->ucc) != 0 && !job->force)
+	{
+		job_fail(job, "Stripe customer %s already carries cello_ucc %s, not %s; pass force => true to overwrite it",
+				 id, current, job->ucc);
+		return;
+	}
+	job->found_customer = id;
+	state_of(job)->customer = id;
+	already = same(current, job->ucc) &&
+		same(json_string_at(customer, "metadata.new_user_id"), job->new_user_id) &&
+		(job->organization_id == NULL ||
+		 same(json_string_at(customer, "metadata.new_user_organization_id"),
+			  job->organization_id));
+
+	if (job->dry_run || already)
+	{
+		job->plan = psprintf("{\"customer\": %s, \"current_cello_ucc\": %s, \"metadata\": %s}",
+							 json_quote(id), current ? json_quote(current) : "null",
+							 already ? "\"already set\"" : "\"would be set\"");
+		job_follow_up(job, "stripe_payments",
+					  psprintf("{\"customer\": %s}", json_quote(id)), NULL, false);
+		job_done(job);
+		return;
+	}
+
+	initStringInfo(&body);
+	form_append(&body, "metadata[cello_ucc]", job->ucc);
+	form_append(&body, "metadata[new_user_id]", job->new_user_id);
+	if (job->organization_id)
+		form_append(&body, "metadata[new_user_organization_id]", job->organization_id);
+	ex = stripe_request(job, "POST", "/v1/customers/%s", url_escape(id));
+	if (ex == NULL)
+		return;
+	ex->body = body.data;
+	ex->body_len = body.len;
+	state_of(job)->phase = UPDATE_METADATA;
+	job_send(job, ex);
+}
+
+/* A search or list answer: exactly one customer, or a clear failure. */
+static struct json_object *
+only_customer(Job *job, struct json_object *answer, const char *how)
+{
+	struct json_object *data = json_at(answer, "data");
+	size_t		n;
+
+	if (data == NULL || !json_object_is_type(data, json_type_array))
+	{
+		job_fail(job, "Stripe answered a customer %s without a data list", how);
+		return NULL;
+	}
+	n = json_object_array_length(data);
+	if (n > 1)
+	{
+		job_fail(job, "several Stripe customers match %s (%s); pass customer_id to choose one",
+				 how, listed_ids(data));
+		return NULL;
+	}
+	return n == 1 ? json_object_array_get_idx(data, 0) : NULL;
+}
+
+static void
+customer_response(Job *job, HttpExchange *ex)
+{
+	StripeState *st = state_of(job);
+	struct json_object *answer;
+	struct json_object *customer;
+	bool		deleted = false;
+
+	if (!job_response_ok(job, ex, STRIPE_RETRY_AFTER, stripe_message))
+		return;
+	answer = json_parse(ex->response);
+	if (answer == NULL)
+	{
+		job_retry(job, "Stripe answered HTTP %ld with a body that is not JSON", ex->status);
+		return;
+	}
+
+	switch (st->phase)
+	{
+		case FIND_BY_ID:
+			if (json_bool_at(answer, "deleted", &deleted) && deleted)
+				job_fail(job, "Stripe customer %s was deleted", job->customer_id);
+			else
+				attach_referral(job, answer);
+			break;
+		case FIND_BY_METADATA:
+			customer = only_customer(job, answer,
+									 psprintf("metadata new_user_id %s", job->new_user_id));
+			if (customer)
+				attach_referral(job, customer);
+			else if (job->verdict == JOB_RUNNING && job->email)
+				find_by_email(job);
+			else if (job->verdict == JOB_RUNNING)
+				job_fail(job, "no Stripe customer has metadata new_user_id %s; pass customer_id or email",
+						 job->new_user_id);
+			break;
+		case FIND_BY_EMAIL:
+			customer = only_customer(job, answer, psprintf("email %s", job->email));
+			if (customer)
+				attach_referral(job, customer);
+			else if (job->verdict == JOB_RUNNING)
+				job_fail(job, "no Stripe customer has metadata new_user_id %s or email %s",
+						 job->new_user_id, job->email);
+			break;
+		case UPDATE_METADATA:
+			if (!same(json_string_at(answer, "metadata.cello_ucc"), job->ucc))
+				job_fail(job, "Stripe accepted the update of customer %s but its metadata does not show cello_ucc %s",
+						 st->customer, job->ucc);
+			else
+			{
+				job->plan = psprintf("{\"customer\": %s, \"metadata\": \"set\"}",
+									 json_quote(st->customer));
+				job_follow_up(job, "stripe_payments",
+							  psprintf("{\"customer\": %s}", json_quote(st->customer)),
+							  NULL, false);
+				job_done(job);
+			}
+			break;
+		default:
+			elog(ERROR, "celloattr: stripe_customer in phase %d", st->phase);
+	}
+	json_object_put(answer);
+}
+
+const StepOps stripe_customer_step = {
+	"stripe_customer", "stripe", customer_start, customer_response
+};
+
+/* ------------------------------------------------------ stripe_payments */
+
+static char *
+payload_string(Job *job, const char *key)
+{
+	struct json_object *payload = json_parse(job->payload);
+	char	   *value = json_string_at(payload, key);
+
+	json_object_put(payload);
+	return value;
+}
+
+static void
+list_events(Job *job, const char *starting_after)
+{
+	HttpExchange *ex = stripe_request(job, "GET",
+									  "/v1/events?type=invoice.paid&created%%5Bgte%%5D=%lld&limit=" PAGE_LIMIT "%s%s",
+									  (long long) timestamptz_to_time_t(job_window_start()),
+									  starting_after ? "&starting_after=" : "",
+									  starting_after ? url_escape(starting_after) : "");
+
+	if (ex)
+	{
+		state_of(job)->phase = LIST_EVENTS;
+		job_send(job, ex);
+	}
+}
+
+static void
+list_invoices(Job *job, const char *starting_after)
+{
+	StripeState *st = state_of(job);
+	HttpExchange *ex = stripe_request(job, "GET",
+									  "/v1/invoices?customer=%s&status=paid&limit=" PAGE_LIMIT "%s%s",
+									  url_escape(st->customer),
+									  starting_after ? "&starting_after=" : "",
+									  starting_after ? url_escape(starting_after) : "");
+
+	if (ex)
+	{
+		st->phase = LIST_INVOICES;
+		job_send(job, ex);
+	}
+}
+
+static void
+payments_start(Job *job)
+{
+	StripeState *st = state_of(job);
+
+	st->customer = payload_string(job, "customer");
+	initStringInfo(&st->plan_too_old);
+	if (st->customer == NULL)
+		job_fail(job, "stripe_payments step without a customer in its payload");
+	else
+		list_events(job, NULL);
+}
+
+/* Currencies Stripe counts in whole units (no minor unit). */
+static bool
+zero_decimal(const char *currency)
+{
+	static const char *const list[] = {"bif", "clp", "djf", "gnf", "jpy", "kmf",
+		"krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf", NULL};
+
+	for (int i = 0; list[i]; i++)
+		if (pg_strcasecmp(currency, list[i]) == 0)
+			return true;
+	return false;
+}
+
+/* Cello's interval for a Stripe recurring price (or plan). */
+static char *
+cello_interval(struct json_object *line)
+{
+	char	   *unit = json_string_at(line, "price.recurring.interval");
+	int64		count = 1;
+
+	if (unit == NULL)
+		unit = json_string_at(line, "plan.interval");
+	if (!json_int_at(line, "price.recurring.interval_count", &count))
+		(void) json_int_at(line, "plan.interval_count", &count);
+	if (unit == NULL)
+		return "one-time";
+	if (strcmp(unit, "week") == 0)
+		return count == 2 ? "bi-weekly" : "weekly";
+	if (strcmp(unit, "month") == 0)
+		return count == 3 ? "quarterly" : count == 6 ? "semi-annual" :
+			count == 12 ? "yearly" : "monthly";
+	if (strcmp(unit, "year") == 0)
+		return count == 2 ? "biennial" : count == 3 ? "triennial" : "yearly";
+	return "one-time";
+}
+
+/* A paid invoice that cannot be resent: to the report, with its fields. */
+static void
+report_invoice(Job *job, struct json_object *invoice, int64 paid_at,
+			   const char *reason)
+{
+	SupportItem *s = job_support(job, "invoice-paid", reason);
+	struct json_object *line = json_object_array_get_idx(json_at(invoice, "lines.data"), 0);
+	char	   *currency = json_string_at(invoice, "currency");
+	int64		amount = 0;
+	int64		quantity;
+	StripeState *st = state_of(job);
+
+	s->invoice_id = json_string_at(invoice, "id");
+	s->has_timestamp = true;
+	s->event_timestamp = time_t_to_timestamptz((pg_time_t) paid_at);
+	(void) json_int_at(invoice, "amount_paid", &amount);
+	if (currency)
+	{
+		s->currency = currency;
+		for (char *c = s->currency; *c; c++)
+			*c = pg_toupper((unsigned char) *c);
+		s->price = zero_decimal(currency)
+			? psprintf("%lld", (long long) amount)
+			: psprintf("%s%lld.%02lld", amount < 0 ? "-" : "",
+					   (long long) (Abs(amount) / 100), (long long) (Abs(amount) % 100));
+	}
+	s->subscription_id = json_string_at(invoice, "subscription");
+	if (s->subscription_id == NULL)
+		s->subscription_id = json_string_at(invoice, "subscription.id");
+	if (line)
+	{
+		s->interval = cello_interval(line);
+		s->product_key = json_string_at(line, "price.nickname");
+		if (s->product_key == NULL)
+			s->product_key = json_string_at(line, "description");
+		if (s->product_key == NULL)
+			s->product_key = json_string_at(line, "price.product");
+		if (json_int_at(line, "quantity", &quantity))
+		{
+			s->has_seats = true;
+			s->seats = (int32) quantity;
+		}
+	}
+	else
+		s->interval = "one-time";
+	appendStringInfo(&st->plan_too_old, "%s%s", st->plan_too_old.len ? ", " : "",
+					 json_quote(s->invoice_id ? s->invoice_id : "?"));
+}
+
+/* Id of the last object of a list answer, for the next page. */
+static char *
+last_id(struct json_object *data)
+{
+	size_t		n = json_object_array_length(data);
+
+	return n ? json_string_at(json_object_array_get_idx(data, n - 1), "id") : NULL;
+}
+
+static bool
+list_has_more(struct json_object *answer)
+{
+	bool		more = false;
+
+	return json_bool_at(answer, "has_more", &more) && more;
+}
+
+/* invoice.paid events of our customer, one page at a time. */
+static void
+read_events(Job *job, StripeState *st, struct json_object *data)
+{
+	size_t		n = json_object_array_length(data);
+
+	for (size_t i = 0; i < n; i++)
+	{
+		struct json_object *event = json_object_array_get_idx(data, i);
+		char	   *customer = json_string_at(event, "data.object.customer");
+		StripeEvent *e;
+
+		if (!same(customer, st->customer))
+			continue;
+		e = palloc0(sizeof(StripeEvent));
+		e->id = json_string_at(event, "id");
+		e->invoice = json_string_at(event, "data.object.id");
+		if (e->id)
+			st->events = lappend(st->events, e);
+	}
+}
+
+static bool
+has_event_for(StripeState *st, const char *invoice)
+{
+	ListCell   *lc;
+
+	foreach(lc, st->events)
+		if (same(((StripeEvent *) lfirst(lc))->invoice, invoice))
+			return true;
+	return false;
+}
+
+/*
+ * Paid invoices: older than the window, or paid inside it but without an
+ * event Stripe still lists (it keeps events 30 days), go to the report.
+ */
+static void
+read_invoices(Job *job, StripeState *st, struct json_object *data)
+{
+	int64		window_start = (int64) timestamptz_to_time_t(job_window_start());
+	size_t		n = json_object_array_length(data);
+
+	for (size_t i = 0; i < n; i++)
+	{
+		struct json_object *invoice = json_object_array_get_idx(data, i);
+		char	   *id = json_string_at(invoice, "id");
+		int64		paid_at = 0;
+
+		if (!json_int_at(invoice, "status_transitions.paid_at", &paid_at) &&
+			!json_int_at(invoice, "created", &paid_at))
+			continue;
+		if (paid_at < window_start)
+			report_invoice(job, invoice, paid_at,
+						   psprintf("paid before the transaction window (%d days): Cello imports only recent transactions of a manual attribution",
+									celloattr_transaction_window / SECS_PER_DAY));
+		else if (!has_event_for(st, id))
+			report_invoice(job, invoice, paid_at,
+						   "paid inside the window, but Stripe lists no invoice.paid event of it to resend");
+	}
+}
+
+/* Every event to resend becomes a step of its own, with its own key. */
+static void
+plan_resends(Job *job, StripeState *st)
+{
+	StringInfoData plan;
+	ListCell   *lc;
+
+	initStringInfo(&plan);
+	foreach(lc, st->events)
+	{
+		StripeEvent *e = lfirst(lc);
+
+		job_follow_up(job, "stripe_resend",
+					  psprintf("{\"event\": %s, \"invoice\": %s, \"customer\": %s}",
+							   json_quote(e->id), e->invoice ? json_quote(e->invoice) : "null",
+							   json_quote(st->customer)),
+					  e->id, true);
+		appendStringInfo(&plan, "%s%s", plan.len ? ", " : "", json_quote(e->id));
+	}
+	job->plan = psprintf("{\"%s\": [%s], \"too_old_for_resend\": [%s]}",
+						 job->dry_run ? "would_resend_events" : "resend_events",
+						 plan.data, st->plan_too_old.data);
+}
+
+static void
+payments_response(Job *job, HttpExchange *ex)
+{
+	StripeState *st = state_of(job);
+	struct json_object *answer;
+	struct json_object *data;
+
+	if (!job_response_ok(job, ex, STRIPE_RETRY_AFTER, stripe_message))
+		return;
+	answer = json_parse(ex->response);
+	data = json_at(answer, "data");
+	if (data == NULL || !json_object_is_type(data, json_type_array))
+	{
+		job_retry(job, "Stripe answered %s without a data list", ex->url);
+		json_object_put(answer);
+		return;
+	}
+	if (++st->pages > MAX_PAGES)
+	{
+		job_fail(job, "Stripe kept paging past %d pages of %s", MAX_PAGES, ex->url);
+		json_object_put(answer);
+		return;
+	}
+
+	if (st->phase == LIST_EVENTS)
+	{
+		read_events(job, st, data);
+		if (list_has_more(answer) && last_id(data))
+			list_events(job, last_id(data));
+		else
+			list_invoices(job, NULL);
+	}
+	else
+	{
+		read_invoices(job, st, data);
+		if (list_has_more(answer) && last_id(data))
+			list_invoices(job, last_id(data));
+		else
+		{
+			plan_resends(job, st);
+			job_done(job);
+		}
+	}
+	json_object_put(answer);
+}
+
+const StepOps stripe_payments_step = {
+	"stripe_payments", "stripe", payments_start, payments_response
+};
+
+/* -------------------------------------------------------- stripe_resend */
+
+static void
+resend_start(Job *job)
+{
+	char	   *event = payload_string(job, "event");
+	HttpExchange *ex;
+	StringInfoData body;
+
+	if (event == NULL)
+	{
+		job_fail(job, "stripe_resend step without an event in its payload");
+		return;
+	}
+	if (celloattr_stripe_webhook_endpoint == NULL || celloattr_stripe_webhook_endpoint[0] == '\0')
+	{
+		job_fail(job, "celloattr.stripe_webhook_endpoint is not set: the id (we_...) of Cello's webhook endpoint in Stripe is needed to resend events");
+		return;
+	}
+	ex = stripe_request(job, "POST", "/v1/events/%s/retry", url_escape(event));
+	if (ex == NULL)
+		return;
+	initStringInfo(&body);
+	form_append(&body, "webhook_endpoint", celloattr_stripe_webhook_endpoint);
+	ex->body = body.data;
+	ex->body_len = body.len;
+	state_of(job)->phase = RESEND;
+	job_send(job, ex);
+}
+
+static void
+resend_response(Job *job, HttpExchange *ex)
+{
+	if (job_response_ok(job, ex, STRIPE_RETRY_AFTER, stripe_message))
+		job_done(job);
+}
+
+const StepOps stripe_resend_step = {
+	"stripe_resend", "stripe", resend_start, resend_response
+};

@@ -1,0 +1,381 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The worker: claims due steps, runs them over HTTP with no transaction
+ *	  open, paces each provider, and records every outcome.
+ *
+ * One loop, one wait: the HTTP engine waits for curl's sockets and timers
+ * and for the latch together, so a commit that queues work (which sets the
+ * latch), a SIGHUP or a SIGTERM is seen at once, also while transfers are
+ * in flight.  Idle, the worker sleeps until the next retry falls due or
+ * celloattr.poll_interval passes, whichever is first.
+ *
+ * Requests wait for a token of their provider's bucket before they go out,
+ * so a backlog never exceeds the configured rate; a 429 also closes the
+ * provider's bucket until its Retry-After has passed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "celloattr.h"
+#include "http.h"
+#include "worker.h"
+
+/* Seconds a step waits after a local shortage (descriptors, memory). */
+#define RESOURCE_SNOOZE_SECONDS 2.0
+
+typedef struct Pace
+{
+	const char *provider;
+	double	   *limit;			/* the setting */
+	bool		per_minute;
+	double		tokens;
+	TimestampTz refilled_at;
+	TimestampTz closed_until;	/* after a 429 */
+} Pace;
+
+static Pace paces[] = {
+	{"stripe", &celloattr_stripe_rate_limit, false, 0, 0, 0},
+	{"chargebee", &celloattr_chargebee_rate_limit, true, 0, 0, 0},
+	{"cello", &celloattr_cello_rate_limit, false, 0, 0, 0},
+};
+
+static HttpEngine *engine = NULL;
+static MemoryContext jobs_cxt = NULL;
+static dlist_head waiting_for_pace = DLIST_STATIC_INIT(waiting_for_pace);
+static List *finished = NIL;
+static int	active_jobs = 0;	/* claimed and not yet recorded */
+
+static Pace *
+pace_of(const char *provider)
+{
+	for (size_t i = 0; i < lengthof(paces); i++)
+		if (strcmp(paces[i].provider, provider) == 0)
+			return &paces[i];
+	return NULL;
+}
+
+static double
+rate_per_second(Pace *p)
+{
+	return p->per_minute ? *p->limit / 60.0 : *p->limit;
+}
+
+/* Take a token if one is there; otherwise say how many ms until one is. */
+static bool
+pace_take(Pace *p, TimestampTz now, long *wait_ms)
+{
+	double		rate = rate_per_second(p);
+	double		burst;
+
+	if (now < p->closed_until)
+	{
+		*wait_ms = (long) ((p->closed_until - now) / 1000) + 1;
+		return false;
+	}
+	if (rate <= 0)
+		return true;			/* pacing off */
+	/* a tenth of a second's worth: bursts stay short */
+	burst = Max(1.0, rate / 10.0);
+	if (p->refilled_at == 0)
+		p->tokens = burst;
+	else
+		p->tokens = Min(burst, p->tokens + rate * (now - p->refilled_at) / 1e6);
+	p->refilled_at = now;
+	if (p->tokens >= 1.0)
+	{
+		p->tokens -= 1.0;
+		return true;
+	}
+	*wait_ms = (long) ((1.0 - p->tokens) / rate * 1000.0) + 1;
+	return false;
+}
+
+static void
+finish(Job *job)
+{
+	finished = lappend(finished, job);
+}
+
+/* Send the job's pending request now; false if its provider's pace says wait. */
+static bool
+try_send(Job *job, TimestampTz now, long *wait_ms)
+{
+	HttpExchange *ex = job->pending;
+	Pace	   *pace = pace_of(ex->provider);
+
+	if (pace && !pace_take(pace, now, wait_ms))
+		return false;
+	job->pending = NULL;
+	if (!celloattr_allow_http && pg_strncasecmp(ex->url, "http://", 7) == 0)
+	{
+		job_fail(job, "refusing plain http:// for %s: set an https:// URL (celloattr.allow_http is off)",
+				 ex->provider);
+		finish(job);
+	}
+	else if (!http_engine_add(engine, ex))
+	{
+		job->verdict = JOB_SNOOZE;
+		job->snooze_seconds = RESOURCE_SNOOZE_SECONDS;
+		job->error = psprintf("not sent: %s", ex->error);
+		finish(job);
+	}
+	return true;
+}
+
+/* After a step moved: send its next request, or keep its verdict. */
+static void
+advance(Job *job)
+{
+	long		wait_ms;
+
+	if (job->verdict != JOB_RUNNING)
+		finish(job);
+	else if (job->pending == NULL)
+	{
+		job_fail(job, "step %s neither sent a request nor settled", job->kind);
+		finish(job);
+	}
+	else if (!try_send(job, GetCurrentTimestamp(), &wait_ms))
+		dlist_push_tail(&waiting_for_pace, &job->node);
+}
+
+static void
+start_job(Job *job)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	active_jobs++;
+	if (job->ops == NULL)
+		job_fail(job, "unknown step kind \"%s\"", job->kind);
+	else
+		job->ops->start(job);
+	advance(job);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+exchange_done(HttpExchange *ex)
+{
+	Job		   *job = (Job *) ex->owner;
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	if (ex->resource_error)
+	{
+		/* our shortage, not the provider's answer: no attempt is used */
+		job->verdict = JOB_SNOOZE;
+		job->snooze_seconds = RESOURCE_SNOOZE_SECONDS;
+		job->error = psprintf("%s %s not completed for lack of local resources: %s",
+							  ex->method, ex->url, ex->error);
+	}
+	else
+	{
+		job->ops->on_response(job, ex);
+		if (job->verdict == JOB_SNOOZE)
+		{
+			Pace	   *pace = pace_of(ex->provider);
+
+			if (pace)
+				pace->closed_until = GetCurrentTimestamp() +
+					(TimestampTz) (job->snooze_seconds * 1e6);
+		}
+	}
+	advance(job);
+	MemoryContextSwitchTo(old);
+}
+
+/* Send what the paces allow; returns ms until the next token (or -1). */
+static long
+release_paced(void)
+{
+	dlist_mutable_iter iter;
+	TimestampTz now = GetCurrentTimestamp();
+	long		next = -1;
+
+	dlist_foreach_modify(iter, &waiting_for_pace)
+	{
+		Job		   *job = dlist_container(Job, node, iter.cur);
+		long		wait_ms = 0;
+
+		if (try_send(job, now, &wait_ms))
+			dlist_delete(iter.cur);
+		else if (next < 0 || wait_ms < next)
+			next = wait_ms;
+	}
+	return next;
+}
+
+/* Record finished steps; true if something new may be due. */
+static bool
+record_finished(void)
+{
+	List	   *keep = NIL;
+	ListCell   *lc;
+	bool		more = false;
+	bool		ready = true;
+
+	foreach(lc, finished)
+	{
+		Job		   *job = lfirst(lc);
+
+		if (ready && queue_record(job))
+		{
+			/* a follow-up, a promotion or a rescheduled retry: look again */
+			more = true;
+			active_jobs--;
+			MemoryContextDelete(job->cxt);
+		}
+		else
+		{
+			ready = false;
+			keep = lappend(keep, job);
+		}
+	}
+	list_free(finished);
+	finished = keep;
+	if (keep != NIL && !queue_extension_ready())
+	{
+		/* the extension is gone, and its queue with it */
+		foreach(lc, keep)
+		{
+			active_jobs--;
+			MemoryContextDelete(((Job *) lfirst(lc))->cxt);
+		}
+		list_free(keep);
+		finished = NIL;
+	}
+	if (celloattr_shared)
+		ConditionVariableBroadcast(&celloattr_shared->progress);
+	return more;
+}
+
+static void
+clear_worker_latch(int code, Datum arg)
+{
+	SpinLockAcquire(&celloattr_shared->mutex);
+	if (celloattr_shared->worker_pid == MyProcPid)
+	{
+		celloattr_shared->worker_latch = NULL;
+		celloattr_shared->worker_pid = 0;
+	}
+	SpinLockRelease(&celloattr_shared->mutex);
+}
+
+void
+celloattr_worker_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+	bool		claim_now = true;
+	bool		orphans_requeued = false;
+	TimestampTz next_claim_at = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg),
+											  InvalidOid, 0);
+	pgstat_report_appname("celloattr worker");
+	celloattr_am_worker = true;
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	SpinLockAcquire(&celloattr_shared->mutex);
+	celloattr_shared->worker_latch = MyLatch;
+	celloattr_shared->worker_pid = MyProcPid;
+	celloattr_shared->worker_database = MyDatabaseId;
+	SpinLockRelease(&celloattr_shared->mutex);
+	before_shmem_exit(clear_worker_latch, 0);
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	jobs_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr jobs",
+									 ALLOCSET_DEFAULT_SIZES);
+	engine = http_engine_create(exchange_done);
+	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
+
+	while (!ShutdownRequestPending)
+	{
+		long		timeout_ms = celloattr_poll_interval;
+		long		pace_ms;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (celloattr_shared->drop_requested)
+			break;				/* DROP DATABASE is waiting for us to leave */
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
+
+		if (finished != NIL && record_finished())
+			claim_now = true;
+
+		if (!orphans_requeued && queue_extension_ready())
+		{
+			queue_requeue_orphans(true);
+			orphans_requeued = true;
+			claim_now = true;
+		}
+
+		now = GetCurrentTimestamp();
+		if (now >= next_claim_at)
+			claim_now = true;
+		if (claim_now && orphans_requeued && !celloattr_paused &&
+			active_jobs < celloattr_max_in_flight)
+		{
+			double		next_due;
+			int			room = celloattr_max_in_flight - active_jobs;
+			List	   *jobs = queue_claim(room, jobs_cxt, &next_due);
+			ListCell   *lc;
+
+			foreach(lc, jobs)
+				start_job((Job *) lfirst(lc));
+			/* a full claim may have left more behind */
+			claim_now = list_length(jobs) == room;
+			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+			if (next_due >= 0)
+				next_claim_at = Min(next_claim_at, now + (TimestampTz) (next_due * 1e6));
+			list_free(jobs);
+		}
+		else if (!orphans_requeued)
+			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+
+		pace_ms = release_paced();
+		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))
+			timeout_ms = 0;
+		else
+		{
+			long		until_claim = (long) ((next_claim_at - GetCurrentTimestamp()) / 1000);
+
+			timeout_ms = Max(0, Min(timeout_ms, until_claim));
+			if (pace_ms >= 0)
+				timeout_ms = Min(timeout_ms, pace_ms);
+		}
+
+		pgstat_report_activity(STATE_IDLE, NULL);
+		if (http_engine_wait(engine, timeout_ms))
+			claim_now = true;
+	}
+
+	/* leave nothing half-recorded: finished steps are written, the rest
+	 * stay 'running' and are claimed again (same keys) by the next worker */
+	if (finished != NIL)
+		record_finished();
+	elog(LOG, "celloattr worker stopping with %d step(s) in flight", active_jobs);
+	proc_exit(0);
+}

@@ -1,0 +1,28 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *	  The background processes: a launcher that waits for the database
+ *	  named by celloattr.database, and the worker it starts there.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CELLOATTR_WORKER_H
+#define CELLOATTR_WORKER_H
+
+#include "postgres.h"
+
+#include "job.h"
+
+/* launcher.c: called by _PG_init while preloading. */
+extern void celloattr_register_launcher(void);
+
+PGDLLEXPORT void celloattr_launcher_main(Datum main_arg) pg_attribute_noreturn();
+PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();
+
+/* queue.c: the worker's short transactions on the queue tables. */
+extern bool queue_extension_ready(void);
+extern void queue_requeue_orphans(bool all_running);
+extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
+extern bool queue_record(Job *job);
+
+#endif							/* CELLOATTR_WORKER_H */
