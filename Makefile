@@ -24,7 +24,7 @@ PGFILEDESC = "celloattr - repair Cello referral attribution"
 # The regression and isolation suites need the library preloaded, the local
 # API fakes running and the worker pointed at them: scripts/test sets all of
 # that up (see README), so a plain "make installcheck" is not supported.
-REGRESS = validation attribute transaction triggers support privileges
+REGRESS = validation attribute transaction triggers support privileges stripe
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
 ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf

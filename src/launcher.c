@@ -16,7 +16,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -27,6 +32,7 @@
 #include "storage/latch.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
@@ -66,13 +72,35 @@ start_worker(Oid database, BackgroundWorkerHandle **handle)
 	}
 }
 
+/*
+ * The database's oid, or InvalidOid.  Connected to no database we can read
+ * only shared catalogs, and only by a plain scan (as the autovacuum
+ * launcher does): indexes would need pg_class.
+ */
 static Oid
 lookup_database(void)
 {
-	Oid			oid;
+	Oid			oid = InvalidOid;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
 
 	StartTransactionCommand();
-	oid = get_database_oid(celloattr_database, true);
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), celloattr_database) == 0)
+		{
+			oid = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return oid;
 }

@@ -55,7 +55,8 @@ current_state(int64 id)
 			elog(ERROR, "celloattr: SPI_prepare failed");
 		SPI_keepplan(state_plan);
 	}
-	if (SPI_execute_plan(state_plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	/* not read-only: each look takes a fresh snapshot */
+	if (SPI_execute_plan(state_plan, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "celloattr: reading the attribution failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,

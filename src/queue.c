@@ -41,6 +41,9 @@ static SPIPlanPtr support_plan = NULL;
 static SPIPlanPtr promote_plan = NULL;
 static SPIPlanPtr settle_plan = NULL;
 
+/* The worker's context, given back after each transaction. */
+static MemoryContext caller_cxt = NULL;
+
 static SPIPlanPtr
 prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
 {
@@ -92,6 +95,7 @@ lock_tables(void)
 static bool
 begin(const char *activity)
 {
+	caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -99,6 +103,7 @@ begin(const char *activity)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		MemoryContextSwitchTo(caller_cxt);
 		return false;
 	}
 	pgstat_report_activity(STATE_RUNNING, activity);
@@ -113,6 +118,7 @@ commit(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);
 	/* without this autovacuum never learns how the queue churns */
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -121,11 +127,13 @@ commit(void)
 bool
 queue_extension_ready(void)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	bool		ready;
 
 	StartTransactionCommand();
 	ready = OidIsValid(get_extension_oid("celloattr", true));
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
 	return ready;
 }
 
@@ -251,8 +259,15 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	values[1] = Int32GetDatum(celloattr_lease);
 	execute(claim_plan, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
-		jobs = lappend(jobs, job_from_row(SPI_tuptable->vals[i],
-										  SPI_tuptable->tupdesc, jobs_cxt));
+	{
+		Job		   *job = job_from_row(SPI_tuptable->vals[i],
+									   SPI_tuptable->tupdesc, jobs_cxt);
+		/* the list must outlive SPI's memory */
+		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+		jobs = lappend(jobs, job);
+		MemoryContextSwitchTo(old);
+	}
 
 	prepare(&next_due_plan,
 			"SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"

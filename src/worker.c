@@ -104,10 +104,14 @@ pace_take(Pace *p, TimestampTz now, long *wait_ms)
 	return false;
 }
 
+/* The list of finished steps outlives every job's and loop's memory. */
 static void
 finish(Job *job)
 {
+	MemoryContext old = MemoryContextSwitchTo(jobs_cxt);
+
 	finished = lappend(finished, job);
+	MemoryContextSwitchTo(old);
 }
 
 /* Send the job's pending request now; false if its provider's pace says wait. */
@@ -226,6 +230,7 @@ record_finished(void)
 	ListCell   *lc;
 	bool		more = false;
 	bool		ready = true;
+	MemoryContext old = MemoryContextSwitchTo(jobs_cxt);
 
 	foreach(lc, finished)
 	{
@@ -257,6 +262,7 @@ record_finished(void)
 		list_free(keep);
 		finished = NIL;
 	}
+	MemoryContextSwitchTo(old);
 	if (celloattr_shared)
 		ConditionVariableBroadcast(&celloattr_shared->progress);
 	return more;
