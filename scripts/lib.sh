@@ -116,3 +116,21 @@ celloattr.cello_rate_limit = 0
 celloattr.paused = $paused
 CONF
 }
+
+# A throwaway cluster with the library preloaded, its worker serving
+# "postgres" and talking to the fake; sets PGDATA_DIR, PGPORT_USED.
+start_cluster() {
+	local work=$1
+	PGDATA_DIR=$work/pgdata
+	PGPORT_USED=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	as_test_user /usr/lib/postgresql/15/bin/initdb -D "$PGDATA_DIR" -A trust >/dev/null || die "initdb failed"
+	write_conf "$work/celloattr.conf" postgres off
+	cat "$work/celloattr.conf" >>"$PGDATA_DIR/postgresql.conf"
+	as_test_user /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA_DIR" -l "$work/server.log" \
+		-o "-p $PGPORT_USED -k $work -c listen_addresses=''" -w start >/dev/null \
+		|| { cat "$work/server.log"; die "the cluster did not start"; }
+}
+
+stop_cluster() {
+	as_test_user /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA_DIR" -m fast stop >/dev/null 2>&1
+}
