@@ -31,7 +31,13 @@ ensure_deps() {
 }
 
 # Build with warnings as errors and install into the server's directories.
+# The installed library is shared by every cluster on the machine, and a
+# backend that finds it replaced loads a second copy: so one run at a time
+# holds the lock from install to its last test (several checkouts of the
+# project on one machine then take turns instead of breaking each other).
 build_install() {
+	exec 9>"${TMPDIR:-/tmp}/celloattr-install.lock"
+	flock 9
 	say "building (warnings are errors)"
 	make -C "$top" -s clean >/dev/null
 	make -C "$top" -s WERROR=1 >/dev/null || die "build failed"
