@@ -73,7 +73,7 @@ start_fake() {
 	as_test_user "$PYTHON" "$dir/test/fake/fake_api.py" --port 0 --port-file "$dir/fake.port" \
 		--stripe-spec "$dir/specs-shared/stripe-spec3-2020-08-27.json" \
 		--stripe-fixtures "$dir/specs-shared/stripe-fixtures3.json" \
-		--log "$dir/fake.log" >"$dir/fake.out" 2>&1 &
+		--log "$dir/fake.log" >"$dir/fake.out" 2>&1 9>&- &
 	FAKE_PID=$!
 	for _ in $(seq 1 100); do
 		[ -s "$dir/fake.port" ] && break
@@ -133,7 +133,7 @@ start_cluster() {
 	write_conf "$work/celloattr.conf" postgres off
 	cat "$work/celloattr.conf" >>"$PGDATA_DIR/postgresql.conf"
 	as_test_user /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA_DIR" -l "$work/server.log" \
-		-o "-p $PGPORT_USED -k $work -c listen_addresses=''" -w start >/dev/null \
+		-o "-p $PGPORT_USED -k $work -c listen_addresses=''" -w start >/dev/null 9>&- \
 		|| { cat "$work/server.log"; die "the cluster did not start"; }
 }
 
