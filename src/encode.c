@@ -11,6 +11,10 @@
  */
 #include "postgres.h"
 
+#include "common/base64.h"
+#include "pgtime.h"
+#include "utils/timestamp.h"
+
 #include "providers.h"
 
 static inline bool
@@ -67,4 +71,93 @@ base_url(const char *setting)
 	while (len > 0 && url[len - 1] == '/')
 		url[--len] = '\0';
 	return url;
+}
+
+char *
+base64_encode(const char *data, size_t len)
+{
+	int			cap = pg_b64_enc_len((int) len) + 1;
+	char	   *out = palloc(cap);
+	int			n = pg_b64_encode(data, (int) len, out, cap);
+
+	if (n < 0)
+		elog(ERROR, "celloattr: base64 encoding failed");
+	out[n] = '\0';
+	return out;
+}
+
+char *
+basic_auth(const char *user, const char *password)
+{
+	char	   *pair = psprintf("%s:%s", user ? user : "", password ? password : "");
+	char	   *header = psprintf("Basic %s", base64_encode(pair, strlen(pair)));
+
+	/* the pair holds a secret: do not leave it lying in memory */
+	explicit_bzero(pair, strlen(pair));
+	pfree(pair);
+	return header;
+}
+
+char *
+currency_code(const char *currency)
+{
+	char	   *code = pstrdup(currency);
+
+	for (char *c = code; *c; c++)
+		*c = pg_toupper((unsigned char) *c);
+	return code;
+}
+
+/* Currencies counted in whole units (no minor unit), as Stripe and
+ * Chargebee list them. */
+static bool
+zero_decimal(const char *currency)
+{
+	static const char *const list[] = {"bif", "clp", "djf", "gnf", "jpy", "kmf",
+		"krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf", NULL};
+
+	for (int i = 0; list[i]; i++)
+		if (pg_strcasecmp(currency, list[i]) == 0)
+			return true;
+	return false;
+}
+
+char *
+major_units(int64 amount, const char *currency)
+{
+	if (currency && zero_decimal(currency))
+		return psprintf("%lld", (long long) amount);
+	return psprintf("%s%lld.%02lld", amount < 0 ? "-" : "",
+					(long long) (Abs(amount) / 100), (long long) (Abs(amount) % 100));
+}
+
+const char *
+cello_interval(const char *unit, int64 count)
+{
+	if (unit == NULL)
+		return "one-time";
+	if (strcmp(unit, "day") == 0)
+		return count == 7 ? "weekly" : count == 14 ? "bi-weekly" : "one-time";
+	if (strcmp(unit, "week") == 0)
+		return count == 2 ? "bi-weekly" : "weekly";
+	if (strcmp(unit, "month") == 0)
+		return count == 3 ? "quarterly" : count == 6 ? "semi-annual" :
+			count == 12 ? "yearly" : count == 24 ? "biennial" :
+			count == 36 ? "triennial" : "monthly";
+	if (strcmp(unit, "year") == 0)
+		return count == 2 ? "biennial" : count == 3 ? "triennial" : "yearly";
+	return "one-time";
+}
+
+char *
+rfc3339_utc(TimestampTz t)
+{
+	pg_time_t	secs = timestamptz_to_time_t(t);
+	struct pg_tm *tm = pg_gmtime(&secs);
+	char		buf[32];
+
+	if (tm == NULL)
+		elog(ERROR, "celloattr: timestamp out of range");
+	pg_strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", tm);
+	return pstrdup(buf);
 }

@@ -21,6 +21,7 @@
 
 #include "celloattr.h"
 #include "job.h"
+#include "json.h"
 #include "providers.h"
 
 /* Longest we believe a Retry-After: a day. */
@@ -30,6 +31,9 @@ static const StepOps *const steps[] = {
 	&stripe_customer_step,
 	&stripe_payments_step,
 	&stripe_resend_step,
+	&chargebee_customer_step,
+	&chargebee_payments_step,
+	&chargebee_redeliver_step,
 	NULL
 };
 
@@ -62,6 +66,52 @@ job_send(Job *job, HttpExchange *exchange)
 	job->exchanges = lappend(job->exchanges, exchange);
 }
 
+HttpExchange *
+job_requestv(Job *job, const char *method, const char *base,
+			 const char *path_fmt, va_list args)
+{
+	StringInfoData url;
+
+	initStringInfo(&url);
+	appendStringInfoString(&url, base_url(base));
+	for (;;)
+	{
+		va_list		copy;
+		int			needed;
+
+		va_copy(copy, args);
+		needed = appendStringInfoVA(&url, path_fmt, copy);
+		va_end(copy);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&url, needed);
+	}
+	return job_request(job, method, url.data);
+}
+
+HttpExchange *
+job_requestf(Job *job, const char *method, const char *base,
+			 const char *path_fmt,...)
+{
+	HttpExchange *ex;
+	va_list		args;
+
+	va_start(args, path_fmt);
+	ex = job_requestv(job, method, base, path_fmt, args);
+	va_end(args);
+	return ex;
+}
+
+char *
+job_payload_string(Job *job, const char *key)
+{
+	struct json_object *payload = json_parse(job->payload);
+	char	   *value = json_string_at(payload, key);
+
+	json_object_put(payload);
+	return value;
+}
+
 void
 job_done(Job *job)
 {
@@ -91,6 +141,20 @@ job_retry(Job *job, const char *fmt,...)
 	vsnprintf(buf, sizeof(buf), fmt, args);
 	va_end(args);
 	job->verdict = JOB_RETRY;
+	job->error = MemoryContextStrdup(job->cxt, buf);
+}
+
+void
+job_snooze(Job *job, double seconds, const char *fmt,...)
+{
+	va_list		args;
+	char		buf[1024];
+
+	va_start(args, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	va_end(args);
+	job->verdict = JOB_SNOOZE;
+	job->snooze_seconds = seconds;
 	job->error = MemoryContextStrdup(job->cxt, buf);
 }
 
@@ -150,6 +214,29 @@ job_response_ok(Job *job, HttpExchange *ex, double default_retry_after,
 	return false;
 }
 
+struct json_object *
+job_only_customer(Job *job, const char *provider, struct json_object *answer,
+				  const char *list_key, const char *item_path, const char *how)
+{
+	struct json_object *list = json_at(answer, list_key);
+	size_t		n;
+
+	if (list == NULL || !json_object_is_type(list, json_type_array))
+	{
+		job_fail(job, "%s answered a customer %s without a %s list", provider, how, list_key);
+		return NULL;
+	}
+	n = json_object_array_length(list);
+	if (n > 1)
+	{
+		job_fail(job, "several %s customers match %s (%s); pass customer_id to choose one",
+				 provider, how,
+				 json_list_ids(list, item_path[0] ? psprintf("%s.id", item_path) : "id"));
+		return NULL;
+	}
+	return n == 1 ? json_at(json_object_array_get_idx(list, 0), item_path) : NULL;
+}
+
 void
 job_follow_up(Job *job, const char *kind, char *payload, char *key_suffix,
 			  bool mutates)
@@ -178,4 +265,11 @@ TimestampTz
 job_window_start(void)
 {
 	return GetCurrentTimestamp() - (TimestampTz) celloattr_transaction_window * USECS_PER_SEC;
+}
+
+char *
+job_too_old_reason(void)
+{
+	return psprintf("paid before the transaction window (%d days): Cello imports only recent transactions of a manual attribution",
+					celloattr_transaction_window / SECS_PER_DAY);
 }

@@ -42,6 +42,13 @@ typedef struct StepOps
 	const char *provider;		/* pacing and the log */
 	void		(*start) (Job *job);
 	void		(*on_response) (Job *job, HttpExchange *exchange);
+
+	/*
+	 * Optional: the step stands for an event that must reach Cello.  Called
+	 * when its retries are used up; adds (job_support) the event to the
+	 * support report, so the step ends 'support' instead of 'failed'.
+	 */
+	void		(*give_up) (Job *job);
 } StepOps;
 
 /* A step that this one found must follow it. */
@@ -63,7 +70,7 @@ typedef struct SupportItem
 	char	   *currency;
 	char	   *subscription_id;
 	char	   *invoice_id;
-	char	   *interval;
+	const char *interval;
 	bool		has_seats;
 	int32		seats;
 	char	   *product_key;
@@ -124,9 +131,21 @@ extern const StepOps *job_step_ops(const char *kind);
 extern HttpExchange *job_request(Job *job, const char *method, const char *url);
 extern void job_send(Job *job, HttpExchange *exchange);
 
+/* A request to base (a URL setting, trailing slashes dropped) + a path built
+ * from path_fmt; escape every value put into the path with url_escape(). */
+extern HttpExchange *job_requestf(Job *job, const char *method, const char *base,
+								  const char *path_fmt,...) pg_attribute_printf(4, 5);
+extern HttpExchange *job_requestv(Job *job, const char *method, const char *base,
+								  const char *path_fmt, va_list args) pg_attribute_printf(4, 0);
+
+/* A string member of the step's payload (palloc'd), or NULL. */
+extern char *job_payload_string(Job *job, const char *key);
+
 extern void job_done(Job *job);
 extern void job_fail(Job *job, const char *fmt,...) pg_attribute_printf(2, 3);
 extern void job_retry(Job *job, const char *fmt,...) pg_attribute_printf(2, 3);
+/* Again after the given seconds without using an attempt. */
+extern void job_snooze(Job *job, double seconds, const char *fmt,...) pg_attribute_printf(3, 4);
 
 /*
  * True for a 2xx answer.  Otherwise settles the verdict the way every
@@ -138,6 +157,18 @@ extern bool job_response_ok(Job *job, HttpExchange *exchange,
 							double default_retry_after,
 							char *(*provider_message) (const char *body));
 
+/*
+ * The one customer of a list answer (the items at list_key, each holding
+ * the customer at item_path, "" for the item itself); NULL when there is
+ * none, or (job failed) when several match or the answer has no list.
+ */
+struct json_object;
+extern struct json_object *job_only_customer(Job *job, const char *provider,
+											 struct json_object *answer,
+											 const char *list_key,
+											 const char *item_path,
+											 const char *how);
+
 extern void job_follow_up(Job *job, const char *kind, char *payload,
 						  char *key_suffix, bool mutates);
 extern SupportItem *job_support(Job *job, const char *trigger,
@@ -145,5 +176,8 @@ extern SupportItem *job_support(Job *job, const char *trigger,
 
 /* Start of the window inside which past events are replayed. */
 extern TimestampTz job_window_start(void);
+
+/* The support report's reason for a payment older than the window. */
+extern char *job_too_old_reason(void);
 
 #endif							/* CELLOATTR_JOB_H */

@@ -49,11 +49,20 @@ json_at(struct json_object *obj, const char *path)
 		char		key[128];
 		size_t		n = strcspn(p, ".");
 
-		if (n >= sizeof(key) || !json_object_is_type(obj, json_type_object))
+		if (n >= sizeof(key) || n == 0)
 			return NULL;
 		memcpy(key, p, n);
 		key[n] = '\0';
-		if (!json_object_object_get_ex(obj, key, &obj))
+		if (json_object_is_type(obj, json_type_array) && strspn(key, "0123456789") == n)
+		{
+			size_t		i = (size_t) strtoul(key, NULL, 10);
+
+			if (n > 9 || i >= json_object_array_length(obj))
+				return NULL;
+			obj = json_object_array_get_idx(obj, i);
+		}
+		else if (!json_object_is_type(obj, json_type_object) ||
+				 !json_object_object_get_ex(obj, key, &obj))
 			return NULL;
 		p += n;
 		if (*p == '.')
@@ -70,6 +79,37 @@ json_string_at(struct json_object *obj, const char *path)
 	if (v == NULL || !json_object_is_type(v, json_type_string))
 		return NULL;
 	return pnstrdup(json_object_get_string(v), json_object_get_string_len(v));
+}
+
+char *
+json_first_string(struct json_object *obj, const char *const *paths)
+{
+	for (int i = 0; paths[i]; i++)
+	{
+		char	   *v = json_string_at(obj, paths[i]);
+
+		if (v)
+			return v;
+	}
+	return NULL;
+}
+
+char *
+json_list_ids(struct json_object *array, const char *path)
+{
+	StringInfoData buf;
+	size_t		n = json_object_array_length(array);
+
+	initStringInfo(&buf);
+	for (size_t i = 0; i < n && i < 10; i++)
+	{
+		char	   *id = json_string_at(json_object_array_get_idx(array, i), path);
+
+		appendStringInfo(&buf, "%s%s", i ? ", " : "", id ? id : "?");
+	}
+	if (n > 10)
+		appendStringInfoString(&buf, ", ...");
+	return buf.data;
 }
 
 bool
@@ -92,6 +132,13 @@ json_bool_at(struct json_object *obj, const char *path, bool *value)
 		return false;
 	*value = json_object_get_boolean(v);
 	return true;
+}
+
+char *
+json_text(struct json_object *obj)
+{
+	return pstrdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+												  JSON_C_TO_STRING_NOSLASHESCAPE));
 }
 
 char *

@@ -17,7 +17,8 @@
 /* Parse text; NULL if it is not JSON.  Free with json_object_put(). */
 extern struct json_object *json_parse(const char *text);
 
-/* The member at a dotted path ("data.object.customer"), or NULL. */
+/* The member at a dotted path ("data.object.customer"; a number picks an
+ * array element: "lines.data.0.price"), or NULL. */
 extern struct json_object *json_at(struct json_object *obj, const char *path);
 
 /* The string at a path as a palloc'd copy, or NULL if absent or not a string. */
@@ -28,6 +29,16 @@ extern bool json_int_at(struct json_object *obj, const char *path, int64 *value)
 
 /* The boolean at a path; false if absent or not a boolean. */
 extern bool json_bool_at(struct json_object *obj, const char *path, bool *value);
+
+/* The first string found at one of the paths (NULL-terminated), or NULL. */
+extern char *json_first_string(struct json_object *obj, const char *const *paths);
+
+/* The strings at path in the first elements of an array, comma separated
+ * (for messages: "cus_1, cus_2"). */
+extern char *json_list_ids(struct json_object *array, const char *path);
+
+/* A value as compact JSON text (palloc'd; '/' not escaped). */
+extern char *json_text(struct json_object *obj);
 
 /* A JSON text as one string literal, quotes included (palloc'd). */
 extern char *json_quote(const char *text);

@@ -9,6 +9,7 @@
 #ifndef CELLOATTR_PROVIDERS_H
 #define CELLOATTR_PROVIDERS_H
 
+#include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 
 #include "job.h"
@@ -18,6 +19,11 @@ extern const StepOps stripe_customer_step;
 extern const StepOps stripe_payments_step;
 extern const StepOps stripe_resend_step;
 
+/* chargebee.c */
+extern const StepOps chargebee_customer_step;
+extern const StepOps chargebee_payments_step;
+extern const StepOps chargebee_redeliver_step;
+
 /* encode.c: application/x-www-form-urlencoded and URL path/query parts */
 extern void form_append(StringInfo buf, const char *name, const char *value);
 extern void url_append_escaped(StringInfo buf, const char *value);
@@ -25,5 +31,34 @@ extern char *url_escape(const char *value);
 
 /* A base URL without its trailing slashes. */
 extern char *base_url(const char *setting);
+
+/* Base64 (RFC 4648, padded) of len bytes. */
+extern char *base64_encode(const char *data, size_t len);
+
+/* An Authorization header value: "Basic base64(user:password)". */
+extern char *basic_auth(const char *user, const char *password);
+
+/* Both strings set and equal. */
+static inline bool
+same(const char *a, const char *b)
+{
+	return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+/* encode.c: money, intervals and times as Cello's events carry them */
+
+/* An ISO 4217 code in upper case. */
+extern char *currency_code(const char *currency);
+
+/* An amount in the currency's minor unit (cents) as a decimal in major
+ * units; zero-decimal currencies (JPY, KRW, ...) are counted whole. */
+extern char *major_units(int64 amount, const char *currency);
+
+/* Cello's subscription interval for a billing period of count units
+ * (day, week, month, year); "one-time" when there is none. */
+extern const char *cello_interval(const char *unit, int64 count);
+
+/* RFC 3339 in UTC with 'T' and 'Z', as Cello's events want it. */
+extern char *rfc3339_utc(TimestampTz t);
 
 #endif							/* CELLOATTR_PROVIDERS_H */

@@ -80,7 +80,6 @@ static HttpExchange *
 stripe_request(Job *job, const char *method, const char *path_fmt,...)
 {
 	HttpExchange *ex;
-	StringInfoData url;
 	va_list		args;
 
 	if (celloattr_stripe_secret_key == NULL || celloattr_stripe_secret_key[0] == '\0')
@@ -88,20 +87,9 @@ stripe_request(Job *job, const char *method, const char *path_fmt,...)
 		job_fail(job, "celloattr.stripe_secret_key is not set");
 		return NULL;
 	}
-	initStringInfo(&url);
-	appendStringInfoString(&url, base_url(celloattr_stripe_api_url));
-	for (;;)
-	{
-		int			needed;
-
-		va_start(args, path_fmt);
-		needed = appendStringInfoVA(&url, path_fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&url, needed);
-	}
-	ex = job_request(job, method, url.data);
+	va_start(args, path_fmt);
+	ex = job_requestv(job, method, celloattr_stripe_api_url, path_fmt, args);
+	va_end(args);
 	http_add_header(ex, "Authorization: Bearer %s", celloattr_stripe_secret_key);
 	if (celloattr_stripe_api_version && celloattr_stripe_api_version[0])
 		http_add_header(ex, "Stripe-Version: %s", celloattr_stripe_api_version);
@@ -178,29 +166,6 @@ customer_start(Job *job)
 		find_by_metadata(job);
 }
 
-/* Ids of the customers in a list answer, for a message. */
-static char *
-listed_ids(struct json_object *data)
-{
-	StringInfoData buf;
-	size_t		n = json_object_array_length(data);
-
-	initStringInfo(&buf);
-	for (size_t i = 0; i < n && i < 10; i++)
-	{
-		char	   *id = json_string_at(json_object_array_get_idx(data, i), "id");
-
-		appendStringInfo(&buf, "%s%s", i ? ", " : "", id ? id : "?");
-	}
-	return buf.data;
-}
-
-static bool
-same(const char *a, const char *b)
-{
-	return a != NULL && b != NULL && strcmp(a, b) == 0;
-}
-
 /*
  * The customer is known: refuse a conflicting referral unless forced, then
  * set our keys (or, in a dry run, only say what would be set).
@@ -258,28 +223,6 @@ attach_referral(Job *job, struct json_object *customer)
 	job_send(job, ex);
 }
 
-/* A search or list answer: exactly one customer, or a clear failure. */
-static struct json_object *
-only_customer(Job *job, struct json_object *answer, const char *how)
-{
-	struct json_object *data = json_at(answer, "data");
-	size_t		n;
-
-	if (data == NULL || !json_object_is_type(data, json_type_array))
-	{
-		job_fail(job, "Stripe answered a customer %s without a data list", how);
-		return NULL;
-	}
-	n = json_object_array_length(data);
-	if (n > 1)
-	{
-		job_fail(job, "several Stripe customers match %s (%s); pass customer_id to choose one",
-				 how, listed_ids(data));
-		return NULL;
-	}
-	return n == 1 ? json_object_array_get_idx(data, 0) : NULL;
-}
-
 static void
 customer_response(Job *job, HttpExchange *ex)
 {
@@ -306,8 +249,8 @@ customer_response(Job *job, HttpExchange *ex)
 				attach_referral(job, answer);
 			break;
 		case FIND_BY_METADATA:
-			customer = only_customer(job, answer,
-									 psprintf("metadata new_user_id %s", job->new_user_id));
+			customer = job_only_customer(job, "Stripe", answer, "data", "",
+										 psprintf("metadata new_user_id %s", job->new_user_id));
 			if (customer)
 				attach_referral(job, customer);
 			else if (job->verdict == JOB_RUNNING && job->email)
@@ -317,7 +260,8 @@ customer_response(Job *job, HttpExchange *ex)
 						 job->new_user_id);
 			break;
 		case FIND_BY_EMAIL:
-			customer = only_customer(job, answer, psprintf("email %s", job->email));
+			customer = job_only_customer(job, "Stripe", answer, "data", "",
+										 psprintf("email %s", job->email));
 			if (customer)
 				attach_referral(job, customer);
 			else if (job->verdict == JOB_RUNNING)
@@ -345,20 +289,11 @@ customer_response(Job *job, HttpExchange *ex)
 }
 
 const StepOps stripe_customer_step = {
-	"stripe_customer", "stripe", customer_start, customer_response
+	.kind = "stripe_customer", .provider = "stripe",
+	.start = customer_start, .on_response = customer_response
 };
 
 /* ------------------------------------------------------ stripe_payments */
-
-static char *
-payload_string(Job *job, const char *key)
-{
-	struct json_object *payload = json_parse(job->payload);
-	char	   *value = json_string_at(payload, key);
-
-	json_object_put(payload);
-	return value;
-}
 
 static void
 list_events(Job *job, const char *starting_after)
@@ -398,7 +333,7 @@ payments_start(Job *job)
 {
 	StripeState *st = state_of(job);
 
-	st->customer = payload_string(job, "customer");
+	st->customer = job_payload_string(job, "customer");
 	initStringInfo(&st->plan_too_old);
 	if (st->customer == NULL)
 		job_fail(job, "stripe_payments step without a customer in its payload");
@@ -406,22 +341,9 @@ payments_start(Job *job)
 		list_events(job, NULL);
 }
 
-/* Currencies Stripe counts in whole units (no minor unit). */
-static bool
-zero_decimal(const char *currency)
-{
-	static const char *const list[] = {"bif", "clp", "djf", "gnf", "jpy", "kmf",
-		"krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf", NULL};
-
-	for (int i = 0; list[i]; i++)
-		if (pg_strcasecmp(currency, list[i]) == 0)
-			return true;
-	return false;
-}
-
 /* Cello's interval for a Stripe recurring price (or plan). */
-static char *
-cello_interval(struct json_object *line)
+static const char *
+line_interval(struct json_object *line)
 {
 	char	   *unit = json_string_at(line, "price.recurring.interval");
 	int64		count = 1;
@@ -430,16 +352,7 @@ cello_interval(struct json_object *line)
 		unit = json_string_at(line, "plan.interval");
 	if (!json_int_at(line, "price.recurring.interval_count", &count))
 		(void) json_int_at(line, "plan.interval_count", &count);
-	if (unit == NULL)
-		return "one-time";
-	if (strcmp(unit, "week") == 0)
-		return count == 2 ? "bi-weekly" : "weekly";
-	if (strcmp(unit, "month") == 0)
-		return count == 3 ? "quarterly" : count == 6 ? "semi-annual" :
-			count == 12 ? "yearly" : "monthly";
-	if (strcmp(unit, "year") == 0)
-		return count == 2 ? "biennial" : count == 3 ? "triennial" : "yearly";
-	return "one-time";
+	return cello_interval(unit, count);
 }
 
 /* A paid invoice that cannot be resent: to the report, with its fields. */
@@ -460,20 +373,15 @@ report_invoice(Job *job, struct json_object *invoice, int64 paid_at,
 	(void) json_int_at(invoice, "amount_paid", &amount);
 	if (currency)
 	{
-		s->currency = currency;
-		for (char *c = s->currency; *c; c++)
-			*c = pg_toupper((unsigned char) *c);
-		s->price = zero_decimal(currency)
-			? psprintf("%lld", (long long) amount)
-			: psprintf("%s%lld.%02lld", amount < 0 ? "-" : "",
-					   (long long) (Abs(amount) / 100), (long long) (Abs(amount) % 100));
+		s->currency = currency_code(currency);
+		s->price = major_units(amount, currency);
 	}
 	s->subscription_id = json_string_at(invoice, "subscription");
 	if (s->subscription_id == NULL)
 		s->subscription_id = json_string_at(invoice, "subscription.id");
 	if (line)
 	{
-		s->interval = cello_interval(line);
+		s->interval = line_interval(line);
 		s->product_key = json_string_at(line, "price.nickname");
 		if (s->product_key == NULL)
 			s->product_key = json_string_at(line, "description");
@@ -561,9 +469,7 @@ read_invoices(Job *job, StripeState *st, struct json_object *data)
 			!json_int_at(invoice, "created", &paid_at))
 			continue;
 		if (paid_at < window_start)
-			report_invoice(job, invoice, paid_at,
-						   psprintf("paid before the transaction window (%d days): Cello imports only recent transactions of a manual attribution",
-									celloattr_transaction_window / SECS_PER_DAY));
+			report_invoice(job, invoice, paid_at, job_too_old_reason());
 		else if (!has_event_for(st, id))
 			report_invoice(job, invoice, paid_at,
 						   "paid inside the window, but Stripe lists no invoice.paid event of it to resend");
@@ -641,7 +547,8 @@ payments_response(Job *job, HttpExchange *ex)
 }
 
 const StepOps stripe_payments_step = {
-	"stripe_payments", "stripe", payments_start, payments_response
+	.kind = "stripe_payments", .provider = "stripe",
+	.start = payments_start, .on_response = payments_response
 };
 
 /* -------------------------------------------------------- stripe_resend */
@@ -649,7 +556,7 @@ const StepOps stripe_payments_step = {
 static void
 resend_start(Job *job)
 {
-	char	   *event = payload_string(job, "event");
+	char	   *event = job_payload_string(job, "event");
 	HttpExchange *ex;
 	StringInfoData body;
 
@@ -682,5 +589,6 @@ resend_response(Job *job, HttpExchange *ex)
 }
 
 const StepOps stripe_resend_step = {
-	"stripe_resend", "stripe", resend_start, resend_response
+	.kind = "stripe_resend", .provider = "stripe",
+	.start = resend_start, .on_response = resend_response
 };
