@@ -16,7 +16,8 @@ OBJS = \
 	src/json.o \
 	src/encode.o \
 	src/stripe.o \
-	src/chargebee.o
+	src/chargebee.o \
+	src/cello.o
 
 EXTENSION = celloattr
 DATA = celloattr--1.0.sql
@@ -25,7 +26,7 @@ PGFILEDESC = "celloattr - repair Cello referral attribution"
 # The regression and isolation suites need the library preloaded, the local
 # API fakes running and the worker pointed at them: scripts/test sets all of
 # that up (see README), so a plain "make installcheck" is not supported.
-REGRESS = validation attribute transaction triggers support privileges stripe chargebee
+REGRESS = validation attribute transaction triggers support privileges stripe chargebee cello_api
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
 ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf

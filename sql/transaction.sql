@@ -30,8 +30,16 @@ SELECT celloattr.cello_transaction('user-tx', 'in_old', 29, 'EUR', now() - inter
 
 SELECT t.invoice_id, t.trigger, t.amount, t.currency, t.interval, t.product_key,
 	   t.subscription_id, t.seats, j.kind, j.stage, j.state AS job_state,
-	   j.payload = jsonb_build_object('transaction_id', t.id) AS payload_ok
+	   (j.payload->>'transaction_id')::bigint = t.id AND j.payload->>'invoice_id' = t.invoice_id AS payload_ok
   FROM celloattr.transactions t LEFT JOIN celloattr.jobs j ON j.id = t.job_id
+ WHERE t.attribution_id = :tx_attr ORDER BY t.id;
+
+-- the step carries the event's fields (the worker's steps read no tables);
+-- a refund registered without a product key takes its payment's
+SELECT j.payload - 'transaction_id' - 'paid_at' - 'paid_at_epoch' AS payload,
+	   j.payload->>'paid_at' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$' AS paid_at_rfc3339,
+	   (j.payload->>'paid_at_epoch')::bigint = floor(extract(epoch FROM t.paid_at)) AS paid_at_epoch_ok
+  FROM celloattr.transactions t JOIN celloattr.jobs j ON j.id = t.job_id
  WHERE t.attribution_id = :tx_attr ORDER BY t.id;
 
 SELECT trigger, invoice_id, price, currency, "interval", product_key, reason

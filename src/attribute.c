@@ -47,6 +47,7 @@ static SPIPlanPtr insert_transaction_plan = NULL;
 static SPIPlanPtr find_transaction_plan = NULL;
 static SPIPlanPtr transaction_support_plan = NULL;
 static SPIPlanPtr signup_done_plan = NULL;
+static SPIPlanPtr transaction_payload_plan = NULL;
 static SPIPlanPtr link_transaction_plan = NULL;
 static SPIPlanPtr reopen_attribution_plan = NULL;
 
@@ -424,7 +425,7 @@ queue_transaction(int64 transaction_id, int64 attribution_id)
 	int64		job_id;
 
 	prepare(&signup_done_plan,
-			"SELECT coalesce(bool_and(state = 'done'), true) FROM celloattr.jobs "
+			"SELECT coalesce(bool_and(state IN ('done', 'support')), true) FROM celloattr.jobs "
 			" WHERE attribution_id = $1 AND stage < 2",
 			1, types);
 	values[0] = Int64GetDatum(attribution_id);
@@ -432,9 +433,29 @@ queue_transaction(int64 transaction_id, int64 attribution_id)
 	signup_done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 
+	/*
+	 * The step gets the event's fields in its payload (the worker's steps
+	 * read no tables).  A refund registered without a product key takes
+	 * that of the same invoice's payment: Cello requires one.
+	 */
+	prepare(&transaction_payload_plan,
+			"SELECT jsonb_build_object('transaction_id', t.id, 'invoice_id', t.invoice_id, "
+			"         'trigger', t.trigger, 'amount', t.amount, 'currency', t.currency, "
+			"         'paid_at', to_char(t.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+			"         'paid_at_epoch', floor(extract(epoch FROM t.paid_at))::bigint, "
+			"         'interval', t.interval, "
+			"         'product_key', coalesce(t.product_key, "
+			"             (SELECT p.product_key FROM celloattr.transactions p "
+			"               WHERE p.attribution_id = t.attribution_id AND p.invoice_id = t.invoice_id "
+			"                 AND p.product_key IS NOT NULL ORDER BY p.id LIMIT 1)), "
+			"         'subscription_id', t.subscription_id, 'seats', t.seats)::text "
+			"  FROM celloattr.transactions t WHERE t.id = $1",
+			1, types);
+	values[0] = Int64GetDatum(transaction_id);
+	run(transaction_payload_plan, values, NULL, SPI_OK_SELECT);
 	job_id = insert_job(attribution_id, "cello_transaction", 2,
 						signup_done ? "queued" : "waiting",
-						psprintf("{\"transaction_id\": %lld}", (long long) transaction_id),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
 						psprintf("%lld", (long long) transaction_id));
 
 	prepare(&link_transaction_plan,

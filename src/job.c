@@ -34,6 +34,8 @@ static const StepOps *const steps[] = {
 	&chargebee_customer_step,
 	&chargebee_payments_step,
 	&chargebee_redeliver_step,
+	&cello_signup_step,
+	&cello_transaction_step,
 	NULL
 };
 

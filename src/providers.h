@@ -24,6 +24,14 @@ extern const StepOps chargebee_customer_step;
 extern const StepOps chargebee_payments_step;
 extern const StepOps chargebee_redeliver_step;
 
+/* cello.c */
+extern const StepOps cello_signup_step;
+extern const StepOps cello_transaction_step;
+
+/* Values the HTTP log must never show besides the configured keys: the
+ * Cello tokens this process holds (NULL-terminated; queue.c scrub()). */
+extern const char *const *celloattr_log_secrets(void);
+
 /* encode.c: application/x-www-form-urlencoded and URL path/query parts */
 extern void form_append(StringInfo buf, const char *name, const char *value);
 extern void url_append_escaped(StringInfo buf, const char *value);

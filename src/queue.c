@@ -28,6 +28,7 @@
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
+#include "providers.h"
 #include "worker.h"
 
 static SPIPlanPtr claim_plan = NULL;
@@ -291,7 +292,21 @@ text_datum(const char *s, char *null)
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
-/* Keys and passwords never reach a table, whatever a provider echoes. */
+static char *
+redact(char *out, const char *secret)
+{
+	size_t		len = strlen(secret);
+	char	   *hit;
+
+	/* short values would match by accident, and are not keys anyway */
+	if (len < 8)
+		return out;
+	while ((hit = strstr(out, secret)) != NULL)
+		out = psprintf("%.*s[redacted]%s", (int) (hit - out), out, hit + len);
+	return out;
+}
+
+/* Keys, passwords and tokens never reach a table, whatever a provider echoes. */
 static char *
 scrub(const char *text)
 {
@@ -300,23 +315,17 @@ scrub(const char *text)
 		celloattr_chargebee_webhook_password, celloattr_cello_secret_access_key,
 		NULL
 	};
+	const char *const *tokens = celloattr_log_secrets();
 	char	   *out;
 
 	if (text == NULL)
 		return NULL;
 	out = pstrdup(text);
 	for (int i = 0; secrets[i]; i++)
-	{
-		const char *secret = secrets[i];
-		size_t		len = strlen(secret);
-		char	   *hit;
-
-		/* short values would match by accident, and are not keys anyway */
-		if (len < 8)
-			continue;
-		while ((hit = strstr(out, secret)) != NULL)
-			out = psprintf("%.*s[redacted]%s", (int) (hit - out), out, hit + len);
-	}
+		out = redact(out, secrets[i]);
+	/* and the Cello tokens the worker holds right now */
+	for (int i = 0; tokens[i]; i++)
+		out = redact(out, tokens[i]);
 	return out;
 }
 
@@ -483,8 +492,20 @@ queue_record(Job *job)
 		case JOB_RETRY:
 			if (job->attempts >= celloattr_max_attempts)
 			{
-				state = "failed";
 				job->error = psprintf("gave up after %d attempts: %s", job->attempts, job->error);
+				/* settled once, also if this outcome must be recorded again */
+				job->verdict = JOB_FAILED;
+				state = "failed";
+				if (job->ops && job->ops->give_up)
+				{
+					/* an event for Cello: it goes to the support report */
+					MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+					job->ops->give_up(job);
+					MemoryContextSwitchTo(old);
+					job->verdict = JOB_SUPPORT;
+					state = "support";
+				}
 			}
 			else
 			{
