@@ -356,7 +356,8 @@ customer_response(Job *job, HttpExchange *ex)
 
 const StepOps chargebee_customer_step = {
 	.kind = "chargebee_customer", .provider = "chargebee",
-	.start = customer_start, .on_response = customer_response
+	.start = customer_start, .on_response = customer_response,
+	.replay_safe = true
 };
 
 /* ---------------------------------------------------- chargebee_payments */
@@ -526,7 +527,8 @@ payments_response(Job *job, HttpExchange *ex)
 
 const StepOps chargebee_payments_step = {
 	.kind = "chargebee_payments", .provider = "chargebee",
-	.start = payments_start, .on_response = payments_response
+	.start = payments_start, .on_response = payments_response,
+	.replay_safe = true
 };
 
 /* --------------------------------------------------- chargebee_redeliver */

@@ -29,6 +29,9 @@
 #include "celloattr.h"
 #include "http.h"
 
+/* Easy handles kept between transfers: setting one up is not free. */
+#define HTTP_IDLE_HANDLES 64
+
 typedef struct WatchedSocket
 {
 	curl_socket_t fd;
@@ -48,6 +51,8 @@ struct HttpEngine
 	long		curl_timeout_ms;	/* -1: curl wants no timer */
 	WaitEventSet *set;
 	MemoryContext cxt;
+	CURL	   *idle[HTTP_IDLE_HANDLES];	/* easy handles kept for reuse */
+	int			nidle;
 };
 
 /* Per-transfer state curl's callbacks write into (malloc'd). */
@@ -231,6 +236,8 @@ http_engine_destroy(HttpEngine *engine)
 {
 	/* transfers still in flight are abandoned: their jobs are leased */
 	curl_multi_cleanup(engine->multi);
+	while (engine->nidle > 0)
+		curl_easy_cleanup(engine->idle[--engine->nidle]);
 	free(engine->sockets);
 	if (engine->set)
 		FreeWaitEventSet(engine->set);
@@ -296,7 +303,13 @@ http_engine_add(HttpEngine *engine, HttpExchange *exchange)
 
 	exchange->started_at = GetCurrentTimestamp();
 	t = calloc(1, sizeof(Transfer));
-	h = t ? curl_easy_init() : NULL;
+	if (t && engine->nidle > 0)
+	{
+		h = engine->idle[--engine->nidle];
+		curl_easy_reset(h);
+	}
+	else
+		h = t ? curl_easy_init() : NULL;
 	if (h == NULL)
 	{
 		free(t);
@@ -394,7 +407,10 @@ finish_transfer(HttpEngine *engine, CURL *h, CURLcode result)
 	MemoryContextSwitchTo(old);
 
 	curl_multi_remove_handle(engine->multi, h);
-	curl_easy_cleanup(h);
+	if (engine->nidle < HTTP_IDLE_HANDLES)
+		engine->idle[engine->nidle++] = h;
+	else
+		curl_easy_cleanup(h);
 	free_transfer(t);
 	ex->handle = NULL;
 	engine->in_flight--;

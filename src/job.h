@@ -49,6 +49,13 @@ typedef struct StepOps
 	 * support report, so the step ends 'support' instead of 'failed'.
 	 */
 	void		(*give_up) (Job *job);
+
+	/*
+	 * Doing the step again changes nothing (reads, and writes under an
+	 * idempotency key): its outcome may be committed asynchronously, since
+	 * losing it in a crash only means the step runs again.
+	 */
+	bool		replay_safe;
 } StepOps;
 
 /* A step that this one found must follow it. */

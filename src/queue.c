@@ -22,6 +22,7 @@
 #include "pgstat.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -462,10 +463,9 @@ backoff_seconds(int attempts)
 /*
  * Record one step's outcome with everything it learned, then move its
  * attribution on: promote the next stage, or settle the final state.
- * False if the tables could not be locked at once (try again later).
  */
-bool
-queue_record(Job *job)
+static void
+record_one(Job *job)
 {
 	const char *state;
 	double		delay = 0;
@@ -518,9 +518,6 @@ queue_record(Job *job)
 			state = "failed";
 			break;
 	}
-
-	if (!begin("recording an outcome"))
-		return false;			/* tables busy or gone: the caller decides */
 
 	foreach(lc, job->exchanges)
 		log_exchange(job, (HttpExchange *) lfirst(lc));
@@ -585,6 +582,36 @@ queue_record(Job *job)
 				1, (Oid[]) {INT8OID});
 		execute(settle_plan, values, NULL, SPI_OK_UPDATE);
 	}
+}
+
+/*
+ * Record the outcomes of finished steps, all in one transaction.  False if
+ * the tables could not be locked at once (the caller tries again later).
+ *
+ * The worker commits asynchronously (see worker.c); a batch holding the
+ * outcome of a step that is not replay-safe commits synchronously, so an
+ * acknowledged event without an idempotency key is never sent again
+ * because its outcome was lost.
+ */
+bool
+queue_record_batch(List *jobs)
+{
+	ListCell   *lc;
+	bool		replay_safe = true;
+
+	if (!begin("recording outcomes"))
+		return false;
+	foreach(lc, jobs)
+	{
+		Job		   *job = lfirst(lc);
+
+		if (job->ops == NULL || !job->ops->replay_safe)
+			replay_safe = false;
+		record_one(job);
+	}
+	if (!replay_safe)
+		(void) set_config_option("synchronous_commit", "on", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	commit();
 	return true;
 }

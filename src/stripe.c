@@ -290,7 +290,8 @@ customer_response(Job *job, HttpExchange *ex)
 
 const StepOps stripe_customer_step = {
 	.kind = "stripe_customer", .provider = "stripe",
-	.start = customer_start, .on_response = customer_response
+	.start = customer_start, .on_response = customer_response,
+	.replay_safe = true
 };
 
 /* ------------------------------------------------------ stripe_payments */
@@ -548,7 +549,8 @@ payments_response(Job *job, HttpExchange *ex)
 
 const StepOps stripe_payments_step = {
 	.kind = "stripe_payments", .provider = "stripe",
-	.start = payments_start, .on_response = payments_response
+	.start = payments_start, .on_response = payments_response,
+	.replay_safe = true
 };
 
 /* -------------------------------------------------------- stripe_resend */
@@ -590,5 +592,6 @@ resend_response(Job *job, HttpExchange *ex)
 
 const StepOps stripe_resend_step = {
 	.kind = "stripe_resend", .provider = "stripe",
-	.start = resend_start, .on_response = resend_response
+	.start = resend_start, .on_response = resend_response,
+	.replay_safe = true
 };

@@ -226,46 +226,28 @@ release_paced(void)
 static bool
 record_finished(void)
 {
-	List	   *keep = NIL;
 	ListCell   *lc;
-	bool		more = false;
-	bool		ready = true;
-	MemoryContext old = MemoryContextSwitchTo(jobs_cxt);
 
+	if (finished == NIL)
+		return false;
+	if (!queue_record_batch(finished))
+	{
+		/* busy tables: try again next time round, unless they are gone */
+		if (queue_extension_ready())
+			return false;
+	}
+	/* recorded, or the extension and its queue are gone */
 	foreach(lc, finished)
 	{
-		Job		   *job = lfirst(lc);
-
-		if (ready && queue_record(job))
-		{
-			/* a follow-up, a promotion or a rescheduled retry: look again */
-			more = true;
-			active_jobs--;
-			MemoryContextDelete(job->cxt);
-		}
-		else
-		{
-			ready = false;
-			keep = lappend(keep, job);
-		}
+		active_jobs--;
+		MemoryContextDelete(((Job *) lfirst(lc))->cxt);
 	}
 	list_free(finished);
-	finished = keep;
-	if (keep != NIL && !queue_extension_ready())
-	{
-		/* the extension is gone, and its queue with it */
-		foreach(lc, keep)
-		{
-			active_jobs--;
-			MemoryContextDelete(((Job *) lfirst(lc))->cxt);
-		}
-		list_free(keep);
-		finished = NIL;
-	}
-	MemoryContextSwitchTo(old);
+	finished = NIL;
 	if (celloattr_shared)
 		ConditionVariableBroadcast(&celloattr_shared->progress);
-	return more;
+	/* a follow-up, a promotion or a rescheduled retry: look again */
+	return true;
 }
 
 static void
@@ -309,6 +291,12 @@ celloattr_worker_main(Datum main_arg)
 	jobs_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr jobs",
 									 ALLOCSET_DEFAULT_SIZES);
 	engine = http_engine_create(exchange_done);
+	/*
+	 * Losing the last outcomes in a crash only makes their steps run again
+	 * with the same idempotency keys: no need to wait for each flush.
+	 * Steps that are not replay-safe commit synchronously (queue.c).
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
 
 	while (!ShutdownRequestPending)

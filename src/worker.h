@@ -23,6 +23,6 @@ PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();
 extern bool queue_extension_ready(void);
 extern void queue_requeue_orphans(bool all_running);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
-extern bool queue_record(Job *job);
+extern bool queue_record_batch(List *jobs);
 
 #endif							/* CELLOATTR_WORKER_H */
