@@ -20,7 +20,9 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
@@ -41,7 +43,6 @@ static SPIPlanPtr next_id_plan = NULL;
 static SPIPlanPtr supersede_plan = NULL;
 static SPIPlanPtr cancel_jobs_plan = NULL;
 static SPIPlanPtr insert_job_plan = NULL;
-static SPIPlanPtr mark_planned_plan = NULL;
 static SPIPlanPtr find_cello_attribution_plan = NULL;
 static SPIPlanPtr insert_transaction_plan = NULL;
 static SPIPlanPtr find_transaction_plan = NULL;
@@ -151,33 +152,100 @@ insert_job(int64 attribution_id, const char *kind, int16 stage,
 	return first_int8();
 }
 
+/* The caller's role name: looked up once per role, not once per call. */
+static Datum
+requested_by(void)
+{
+	static Oid	cached_role = InvalidOid;
+	static NameData cached_name;
+	Oid			role = GetOuterUserId();
+
+	if (role != cached_role)
+	{
+		namestrcpy(&cached_name, GetUserNameFromId(role, false));
+		cached_role = role;
+	}
+	return CStringGetTextDatum(NameStr(cached_name));
+}
+
+/* A text[] or int2[] of the plan's columns. */
+static Datum
+plan_array(Datum *elems, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(elems, n, type, typlen, typbyval, typalign));
+}
+
 /*
- * Try to insert the attribution; returns its id, or 0 when a live one for
- * the same user and gateway exists already.  forced_id/supersedes are 0
- * unless a forced repair replaces another.
+ * Insert the attribution and the first steps of its path in one statement;
+ * returns its id, or 0 when a live one for the same user and gateway exists
+ * already (then nothing is inserted).  forced_id/supersedes are 0 unless a
+ * forced repair replaces another.
+ *
+ * The steps come from plan_path(): later ones (which events to resend) are
+ * queued by the worker as it learns them.  In a dry run the mutating steps
+ * are only 'planned'; a dry run with nothing to read is finished at once.
  */
 static int64
 try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 					   int64 forced_id, int64 supersedes)
 {
-	Oid			types[15] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	Oid			types[19] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
-	TEXTOID, INT8OID, INT8OID};
-	Datum		values[15];
-	char		nulls[15];
+		TEXTOID, INT8OID, INT8OID, TEXTARRAYOID, INT2ARRAYOID, TEXTARRAYOID,
+	BOOLOID};
+	Datum		values[19];
+	char		nulls[19];
+	PlannedJob	jobs[MAX_PLANNED_JOBS];
+	Datum		kinds[MAX_PLANNED_JOBS];
+	Datum		stages[MAX_PLANNED_JOBS];
+	Datum		states[MAX_PLANNED_JOBS];
+	int			njobs = plan_path(req, signup_via_api, jobs);
+	bool		runnable = false;
+	bool		isnull;
+
+	for (int i = 0; i < njobs; i++)
+	{
+		const char *state = "planned";
+
+		if (!(req->dry_run && jobs[i].mutates))
+		{
+			state = jobs[i].stage == 1 ? "queued" : "waiting";
+			runnable = true;
+		}
+		kinds[i] = CStringGetTextDatum(jobs[i].kind);
+		stages[i] = Int16GetDatum(jobs[i].stage);
+		states[i] = CStringGetTextDatum(state);
+	}
 
 	memset(nulls, ' ', sizeof(nulls));
 	prepare(&insert_attribution_plan,
-			"INSERT INTO celloattr.attributions "
-			"  (ucc, new_user_id, gateway, customer_id, email, name, organization_id, "
-			"   signup_via_api, signed_up_at, reason, force, dry_run, requested_by, "
-			"   id, supersedes) "
-			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-			"        coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)), $15) "
-			"ON CONFLICT (gateway, new_user_id, dry_run) "
-			"  WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING "
-			"RETURNING id",
-			15, types);
+			"WITH a AS ("
+			"  INSERT INTO celloattr.attributions"
+			"    (ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
+			"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by,"
+			"     id, supersedes, state, finished_at)"
+			"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+			"          coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)), $15,"
+			"          CASE WHEN $19 THEN 'queued' ELSE 'planned' END,"
+			"          CASE WHEN $19 THEN NULL ELSE now() END)"
+			"  ON CONFLICT (gateway, new_user_id, dry_run)"
+			"    WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING"
+			"  RETURNING id"
+			"), j AS ("
+			"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)"
+			"  SELECT a.id, p.kind, p.stage, p.state,"
+			"         'ca-' || i.install_id || '-' || a.id || '-' || p.kind"
+			"    FROM a CROSS JOIN celloattr.installation i"
+			"         CROSS JOIN unnest($16, $17, $18) AS p(kind, stage, state)"
+			"  RETURNING 1"
+			")"
+			"SELECT a.id, (SELECT count(*) FROM j) FROM a",
+			19, types);
 
 	values[0] = CStringGetTextDatum(req->ucc);
 	values[1] = CStringGetTextDatum(req->new_user_id);
@@ -192,51 +260,25 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 	values[9] = text_or_null(req->reason, &nulls[9]);
 	values[10] = BoolGetDatum(req->force);
 	values[11] = BoolGetDatum(req->dry_run);
-	values[12] = CStringGetTextDatum(GetUserNameFromId(GetOuterUserId(), false));
+	values[12] = requested_by();
 	values[13] = Int64GetDatum(forced_id);
 	nulls[13] = forced_id ? ' ' : 'n';
 	values[14] = Int64GetDatum(supersedes);
 	nulls[14] = supersedes ? ' ' : 'n';
+	values[15] = plan_array(kinds, njobs, TEXTOID);
+	values[16] = plan_array(stages, njobs, INT2OID);
+	values[17] = plan_array(states, njobs, TEXTOID);
+	values[18] = BoolGetDatum(runnable);
 
-	if (run(insert_attribution_plan, values, nulls, SPI_OK_INSERT_RETURNING) == 0)
+	if (run(insert_attribution_plan, values, nulls, SPI_OK_SELECT) == 0)
 		return 0;
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									2, &isnull)) != njobs)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("celloattr.installation has no row"),
+				 errhint("Re-create the extension: DROP EXTENSION celloattr; CREATE EXTENSION celloattr.")));
 	return first_int8();
-}
-
-/* Queue the first steps of a new attribution's path. */
-static void
-queue_path(int64 id, const AttributionRequest *req, bool signup_via_api)
-{
-	PlannedJob	jobs[MAX_PLANNED_JOBS];
-	int			njobs = plan_path(req, signup_via_api, jobs);
-	bool		runnable = false;
-
-	for (int i = 0; i < njobs; i++)
-	{
-		const char *state;
-
-		if (req->dry_run && jobs[i].mutates)
-			state = "planned";
-		else
-		{
-			state = jobs[i].stage == 1 ? "queued" : "waiting";
-			runnable = true;
-		}
-		insert_job(id, jobs[i].kind, jobs[i].stage, state, "{}", NULL);
-	}
-
-	/* a dry run with nothing to read is finished as soon as it is planned */
-	if (!runnable)
-	{
-		Oid			types[1] = {INT8OID};
-		Datum		values[1] = {Int64GetDatum(id)};
-
-		prepare(&mark_planned_plan,
-				"UPDATE celloattr.attributions SET state = 'planned', finished_at = now() "
-				"WHERE id = $1",
-				1, types);
-		run(mark_planned_plan, values, NULL, SPI_OK_UPDATE);
-	}
 }
 
 /*
@@ -314,10 +356,7 @@ celloattr_attribute(const AttributionRequest *req)
 
 		id = try_insert_attribution(req, signup_via_api, 0, 0);
 		if (id != 0)
-		{
-			queue_path(id, req, signup_via_api);
 			break;
-		}
 
 		prepare(&find_live_plan,
 				"SELECT id, ucc FROM celloattr.attributions "
@@ -353,10 +392,7 @@ celloattr_attribute(const AttributionRequest *req)
 							(long long) existing_id),
 					 errhint("Pass reason => '...' so the audit trail says why the referral changed.")));
 		else
-		{
 			id = supersede(existing_id, req, signup_via_api);
-			queue_path(id, req, signup_via_api);
-		}
 	}
 	if (id == 0)
 		ereport(ERROR,
