@@ -42,6 +42,7 @@ static SPIPlanPtr follow_up_plan = NULL;
 static SPIPlanPtr support_plan = NULL;
 static SPIPlanPtr promote_plan = NULL;
 static SPIPlanPtr settle_plan = NULL;
+static SPIPlanPtr lock_attribution_plan = NULL;
 
 /* The worker's context, given back after each transaction. */
 static MemoryContext caller_cxt = NULL;
@@ -521,6 +522,17 @@ record_one(Job *job)
 
 	foreach(lc, job->exchanges)
 		log_exchange(job, (HttpExchange *) lfirst(lc));
+
+	/*
+	 * Whoever adds steps to this attribution (cello_transaction(), retry(),
+	 * cancel()) holds its row lock until commit: take it first, so the
+	 * promotion and the final state below see what they added.
+	 */
+	values[0] = Int64GetDatum(job->attribution_id);
+	prepare(&lock_attribution_plan,
+			"SELECT 1 FROM celloattr.attributions WHERE id = $1 FOR UPDATE",
+			1, (Oid[]) {INT8OID});
+	execute(lock_attribution_plan, values, NULL, SPI_OK_SELECT);
 
 	memset(nulls, ' ', sizeof(nulls));
 	prepare(&finish_job_plan,
