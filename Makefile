@@ -7,6 +7,7 @@ OBJS = \
 	src/attribute.o \
 	src/validate.o \
 	src/operator.o \
+	src/plans.o \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \

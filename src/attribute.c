@@ -52,33 +52,6 @@ static SPIPlanPtr transaction_payload_plan = NULL;
 static SPIPlanPtr link_transaction_plan = NULL;
 static SPIPlanPtr reopen_attribution_plan = NULL;
 
-static SPIPlanPtr
-prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "celloattr: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
-
-static int
-run(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
-{
-	int			rc = SPI_execute_plan(plan, values, nulls, false, 0);
-
-	if (rc != expected)
-		elog(ERROR, "celloattr: SPI_execute_plan returned %s",
-			 SPI_result_code_string(rc));
-	return (int) SPI_processed;
-}
-
 static Datum
 text_or_null(const char *s, char *null)
 {
@@ -130,7 +103,7 @@ insert_job(int64 attribution_id, const char *kind, int16 stage,
 	Datum		values[6];
 	char		nulls[6] = "      ";
 
-	prepare(&insert_job_plan,
+	celloattr_prepare(&insert_job_plan,
 			"INSERT INTO celloattr.jobs "
 			"  (attribution_id, kind, stage, state, payload, idempotency_key) "
 			"SELECT $1, $2, $3, $4, $5::jsonb, "
@@ -144,7 +117,7 @@ insert_job(int64 attribution_id, const char *kind, int16 stage,
 	values[3] = CStringGetTextDatum(state);
 	values[4] = CStringGetTextDatum(payload);
 	values[5] = text_or_null(key_suffix, &nulls[5]);
-	if (run(insert_job_plan, values, nulls, SPI_OK_INSERT_RETURNING) != 1)
+	if (celloattr_execute(insert_job_plan, values, nulls, SPI_OK_INSERT_RETURNING) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("celloattr.installation has no row"),
@@ -223,7 +196,7 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 	}
 
 	memset(nulls, ' ', sizeof(nulls));
-	prepare(&insert_attribution_plan,
+	celloattr_prepare(&insert_attribution_plan,
 			"WITH a AS ("
 			"  INSERT INTO celloattr.attributions"
 			"    (ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
@@ -270,7 +243,7 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 	values[17] = plan_array(states, njobs, TEXTOID);
 	values[18] = BoolGetDatum(runnable);
 
-	if (run(insert_attribution_plan, values, nulls, SPI_OK_SELECT) == 0)
+	if (celloattr_execute(insert_attribution_plan, values, nulls, SPI_OK_SELECT) == 0)
 		return 0;
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									2, &isnull)) != njobs)
@@ -293,12 +266,12 @@ supersede(int64 old_id, const AttributionRequest *req, bool signup_via_api)
 	Datum		values[2];
 	int64		new_id;
 
-	prepare(&next_id_plan,
+	celloattr_prepare(&next_id_plan,
 			"SELECT nextval('celloattr.attributions_id_seq'::regclass)", 0, NULL);
-	run(next_id_plan, NULL, NULL, SPI_OK_SELECT);
+	celloattr_execute(next_id_plan, NULL, NULL, SPI_OK_SELECT);
 	new_id = first_int8();
 
-	prepare(&supersede_plan,
+	celloattr_prepare(&supersede_plan,
 			"UPDATE celloattr.attributions "
 			"   SET superseded_by = $2, "
 			"       state = CASE WHEN state IN ('queued', 'running') THEN 'cancelled' ELSE state END, "
@@ -307,13 +280,13 @@ supersede(int64 old_id, const AttributionRequest *req, bool signup_via_api)
 			2, types);
 	values[0] = Int64GetDatum(old_id);
 	values[1] = Int64GetDatum(new_id);
-	run(supersede_plan, values, NULL, SPI_OK_UPDATE);
+	celloattr_execute(supersede_plan, values, NULL, SPI_OK_UPDATE);
 
-	prepare(&cancel_jobs_plan,
+	celloattr_prepare(&cancel_jobs_plan,
 			"UPDATE celloattr.jobs SET state = 'cancelled', finished_at = now(), lease_until = NULL "
 			" WHERE attribution_id = $1 AND state IN ('waiting', 'queued', 'running')",
 			1, types);
-	run(cancel_jobs_plan, values, NULL, SPI_OK_UPDATE);
+	celloattr_execute(cancel_jobs_plan, values, NULL, SPI_OK_UPDATE);
 
 	if (try_insert_attribution(req, signup_via_api, new_id, old_id) != new_id)
 		elog(ERROR, "celloattr: could not insert attribution %lld superseding %lld",
@@ -358,7 +331,7 @@ celloattr_attribute(const AttributionRequest *req)
 		if (id != 0)
 			break;
 
-		prepare(&find_live_plan,
+		celloattr_prepare(&find_live_plan,
 				"SELECT id, ucc FROM celloattr.attributions "
 				" WHERE gateway = $1 AND new_user_id = $2 AND dry_run = $3 "
 				"   AND superseded_by IS NULL AND state <> 'cancelled' "
@@ -367,7 +340,7 @@ celloattr_attribute(const AttributionRequest *req)
 		values[0] = CStringGetTextDatum(req->gateway);
 		values[1] = CStringGetTextDatum(req->new_user_id);
 		values[2] = BoolGetDatum(req->dry_run);
-		if (run(find_live_plan, values, NULL, SPI_OK_SELECT) == 0)
+		if (celloattr_execute(find_live_plan, values, NULL, SPI_OK_SELECT) == 0)
 			continue;
 		existing_id = first_int8();
 		existing_ucc = SPI_getvalue(SPI_tuptable->vals[0],
@@ -412,14 +385,14 @@ reopen_attribution(int64 attribution_id, const char *state)
 	Oid			types[2] = {INT8OID, TEXTOID};
 	Datum		values[2];
 
-	prepare(&reopen_attribution_plan,
+	celloattr_prepare(&reopen_attribution_plan,
 			"UPDATE celloattr.attributions "
 			"   SET state = $2, finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE finished_at END "
 			" WHERE id = $1 AND state IN ('done', 'needs_support')",
 			2, types);
 	values[0] = Int64GetDatum(attribution_id);
 	values[1] = CStringGetTextDatum(state);
-	run(reopen_attribution_plan, values, NULL, SPI_OK_UPDATE);
+	celloattr_execute(reopen_attribution_plan, values, NULL, SPI_OK_UPDATE);
 }
 
 /*
@@ -432,7 +405,7 @@ report_old_transaction(int64 transaction_id, int64 attribution_id)
 	Oid			types[2] = {INT8OID, TEXTOID};
 	Datum		values[2];
 
-	prepare(&transaction_support_plan,
+	celloattr_prepare(&transaction_support_plan,
 			"INSERT INTO celloattr.support_items "
 			"  (attribution_id, transaction_id, trigger, event_timestamp, price, currency, "
 			"   subscription_id, invoice_id, interval, seats, product_key, reason) "
@@ -444,7 +417,7 @@ report_old_transaction(int64 transaction_id, int64 attribution_id)
 	values[0] = Int64GetDatum(transaction_id);
 	values[1] = CStringGetTextDatum(psprintf("older than celloattr.transaction_window (%d days): Cello imports only recent transactions of a manual attribution",
 											 celloattr_transaction_window / SECS_PER_DAY));
-	run(transaction_support_plan, values, NULL, SPI_OK_INSERT);
+	celloattr_execute(transaction_support_plan, values, NULL, SPI_OK_INSERT);
 
 	/* a finished repair now has something for support */
 	reopen_attribution(attribution_id, "needs_support");
@@ -460,12 +433,12 @@ queue_transaction(int64 transaction_id, int64 attribution_id)
 	bool		signup_done;
 	int64		job_id;
 
-	prepare(&signup_done_plan,
+	celloattr_prepare(&signup_done_plan,
 			"SELECT coalesce(bool_and(state IN ('done', 'support')), true) FROM celloattr.jobs "
 			" WHERE attribution_id = $1 AND stage < 2",
 			1, types);
 	values[0] = Int64GetDatum(attribution_id);
-	run(signup_done_plan, values, NULL, SPI_OK_SELECT);
+	celloattr_execute(signup_done_plan, values, NULL, SPI_OK_SELECT);
 	signup_done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 
@@ -474,7 +447,7 @@ queue_transaction(int64 transaction_id, int64 attribution_id)
 	 * read no tables).  A refund registered without a product key takes
 	 * that of the same invoice's payment: Cello requires one.
 	 */
-	prepare(&transaction_payload_plan,
+	celloattr_prepare(&transaction_payload_plan,
 			"SELECT jsonb_build_object('transaction_id', t.id, 'invoice_id', t.invoice_id, "
 			"         'trigger', t.trigger, 'amount', t.amount, 'currency', t.currency, "
 			"         'paid_at', to_char(t.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
@@ -488,18 +461,18 @@ queue_transaction(int64 transaction_id, int64 attribution_id)
 			"  FROM celloattr.transactions t WHERE t.id = $1",
 			1, types);
 	values[0] = Int64GetDatum(transaction_id);
-	run(transaction_payload_plan, values, NULL, SPI_OK_SELECT);
+	celloattr_execute(transaction_payload_plan, values, NULL, SPI_OK_SELECT);
 	job_id = insert_job(attribution_id, "cello_transaction", 2,
 						signup_done ? "queued" : "waiting",
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
 						psprintf("%lld", (long long) transaction_id));
 
-	prepare(&link_transaction_plan,
+	celloattr_prepare(&link_transaction_plan,
 			"UPDATE celloattr.transactions SET job_id = $2 WHERE id = $1",
 			2, (Oid[]) {INT8OID, INT8OID});
 	values[0] = Int64GetDatum(transaction_id);
 	values[1] = Int64GetDatum(job_id);
-	run(link_transaction_plan, values, NULL, SPI_OK_UPDATE);
+	celloattr_execute(link_transaction_plan, values, NULL, SPI_OK_UPDATE);
 
 	/* a finished repair has work again */
 	reopen_attribution(attribution_id, "queued");
@@ -520,14 +493,14 @@ celloattr_register_transaction(const TransactionRequest *req, int64 *id)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
 
-	prepare(&find_cello_attribution_plan,
+	celloattr_prepare(&find_cello_attribution_plan,
 			"SELECT id FROM celloattr.attributions "
 			" WHERE gateway = 'cello_api' AND new_user_id = $1 AND NOT dry_run "
 			"   AND superseded_by IS NULL AND state <> 'cancelled' "
 			"   FOR UPDATE",
 			1, &types[1]);
 	values[0] = CStringGetTextDatum(req->new_user_id);
-	if (run(find_cello_attribution_plan, values, NULL, SPI_OK_SELECT) == 0)
+	if (celloattr_execute(find_cello_attribution_plan, values, NULL, SPI_OK_SELECT) == 0)
 	{
 		SPI_finish();
 		return false;
@@ -535,7 +508,7 @@ celloattr_register_transaction(const TransactionRequest *req, int64 *id)
 	attribution_id = first_int8();
 
 	memset(nulls, ' ', sizeof(nulls));
-	prepare(&insert_transaction_plan,
+	celloattr_prepare(&insert_transaction_plan,
 			"INSERT INTO celloattr.transactions "
 			"  (attribution_id, new_user_id, invoice_id, trigger, amount, currency, "
 			"   paid_at, interval, product_key, subscription_id, seats) "
@@ -557,7 +530,7 @@ celloattr_register_transaction(const TransactionRequest *req, int64 *id)
 	nulls[10] = req->seats_isnull ? 'n' : ' ';
 	values[11] = Int32GetDatum(celloattr_transaction_window);
 
-	if (run(insert_transaction_plan, values, nulls, SPI_OK_INSERT_RETURNING) == 1)
+	if (celloattr_execute(insert_transaction_plan, values, nulls, SPI_OK_INSERT_RETURNING) == 1)
 	{
 		bool		too_old;
 
@@ -572,13 +545,13 @@ celloattr_register_transaction(const TransactionRequest *req, int64 *id)
 	else
 	{
 		/* the same invoice again: its id, nothing new queued */
-		prepare(&find_transaction_plan,
+		celloattr_prepare(&find_transaction_plan,
 				"SELECT id FROM celloattr.transactions "
 				" WHERE attribution_id = $1 AND invoice_id = $2 AND trigger = $3",
 				3, (Oid[]) {INT8OID, TEXTOID, TEXTOID});
 		values[1] = values[2];
 		values[2] = values[3];
-		if (run(find_transaction_plan, values, NULL, SPI_OK_SELECT) != 1)
+		if (celloattr_execute(find_transaction_plan, values, NULL, SPI_OK_SELECT) != 1)
 			elog(ERROR, "celloattr: registered transaction vanished");
 		*id = first_int8();
 	}

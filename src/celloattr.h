@@ -123,6 +123,23 @@ typedef struct TransactionRequest
 extern bool celloattr_register_transaction(const TransactionRequest *req,
 										   int64 *id);
 
+/* ----------------------------------------------------------- plans.c */
+
+/* Prepare (once: *cache keeps the plan) a statement with a generic plan. */
+extern struct _SPI_plan *celloattr_prepare(struct _SPI_plan **cache,
+										   const char *sql, int nargs,
+										   Oid *types);
+
+/* The same, planned anew for each call's parameter values. */
+extern struct _SPI_plan *celloattr_prepare_replanned(struct _SPI_plan **cache,
+													 const char *sql, int nargs,
+													 Oid *types);
+
+/* Run a prepared statement; ERROR unless SPI answers expected.  Returns
+ * the number of rows processed. */
+extern int	celloattr_execute(struct _SPI_plan *plan, Datum *values,
+							  const char *nulls, int expected);
+
 /* -------------------------------------------------------- validate.c */
 
 extern void celloattr_validate_attribution(const AttributionRequest *req);

@@ -29,6 +29,9 @@
 #include "celloattr.h"
 #include "http.h"
 
+/* Connections kept alive: above celloattr.max_in_flight's maximum. */
+#define HTTP_MAX_CONNECTIONS 600
+
 /* Easy handles kept between transfers: setting one up is not free. */
 #define HTTP_IDLE_HANDLES 64
 
@@ -226,8 +229,12 @@ http_engine_create(HttpDoneCallback done)
 	curl_multi_setopt(engine->multi, CURLMOPT_SOCKETDATA, engine);
 	curl_multi_setopt(engine->multi, CURLMOPT_TIMERFUNCTION, timer_callback);
 	curl_multi_setopt(engine->multi, CURLMOPT_TIMERDATA, engine);
-	/* keep a connection per provider host alive across transfers */
-	curl_multi_setopt(engine->multi, CURLMOPT_MAXCONNECTS, (long) celloattr_max_in_flight + 4);
+	/*
+	 * Keep every connection alive across transfers: a cache smaller than
+	 * the transfers in flight (max_in_flight can grow on reload) would
+	 * close and reopen connections all the time.
+	 */
+	curl_multi_setopt(engine->multi, CURLMOPT_MAXCONNECTS, (long) HTTP_MAX_CONNECTIONS);
 	return engine;
 }
 

@@ -47,14 +47,9 @@ current_state(int64 id)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
-	if (state_plan == NULL)
-	{
-		state_plan = SPI_prepare("SELECT state FROM celloattr.attributions WHERE id = $1",
-								 1, types);
-		if (state_plan == NULL)
-			elog(ERROR, "celloattr: SPI_prepare failed");
-		SPI_keepplan(state_plan);
-	}
+	celloattr_prepare(&state_plan,
+					  "SELECT state FROM celloattr.attributions WHERE id = $1",
+					  1, types);
 	/* not read-only: each look takes a fresh snapshot */
 	if (SPI_execute_plan(state_plan, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "celloattr: reading the attribution failed");

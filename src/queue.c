@@ -47,32 +47,6 @@ static SPIPlanPtr lock_attribution_plan = NULL;
 /* The worker's context, given back after each transaction. */
 static MemoryContext caller_cxt = NULL;
 
-static SPIPlanPtr
-prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-		if (plan == NULL)
-			elog(ERROR, "celloattr: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
-
-static void
-execute(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
-{
-	int			rc = SPI_execute_plan(plan, values, nulls, false, 0);
-
-	if (rc != expected)
-		elog(ERROR, "celloattr: SPI_execute_plan returned %s",
-			 SPI_result_code_string(rc));
-}
-
 /* Lock our tables if that can be done at once; false if not (or absent). */
 static bool
 lock_tables(void)
@@ -153,11 +127,11 @@ queue_requeue_orphans(bool all_running)
 
 	if (!begin("requeueing steps of a previous worker"))
 		return;
-	prepare(&requeue_plan,
+	celloattr_prepare(&requeue_plan,
 			"UPDATE celloattr.jobs SET state = 'queued', lease_until = NULL, next_attempt_at = now() "
 			" WHERE state = 'running' AND ($1 OR lease_until < now())",
 			1, types);
-	execute(requeue_plan, values, NULL, SPI_OK_UPDATE);
+	celloattr_execute(requeue_plan, values, NULL, SPI_OK_UPDATE);
 	if (SPI_processed > 0)
 		elog(LOG, "celloattr worker: %llu step(s) left running by a previous worker are due again",
 			 (unsigned long long) SPI_processed);
@@ -235,32 +209,33 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	if (!begin("claiming due steps"))
 		return NIL;
 
-	prepare(&claim_plan,
+	celloattr_prepare_replanned(&claim_plan,
 			"WITH claimed AS ("
 			"  UPDATE celloattr.jobs j"
 			"     SET state = 'running', attempts = j.attempts + 1,"
 			"         lease_until = now() + make_interval(secs => $2)"
-			"   WHERE j.id = ANY (ARRAY("
+			"    FROM celloattr.attributions a"
+			"   WHERE a.id = j.attribution_id"
+			"     AND j.id = ANY (ARRAY("
 			"         SELECT id FROM celloattr.jobs"
 			"          WHERE state = 'queued' AND next_attempt_at <= now()"
 			"          ORDER BY next_attempt_at, id LIMIT $1"
 			"            FOR UPDATE SKIP LOCKED))"
 			"  RETURNING j.id, j.attribution_id, j.kind, j.stage, j.attempts,"
-			"            j.idempotency_key, j.payload"
+			"            j.idempotency_key, j.payload::text, a.ucc, a.new_user_id,"
+			"            a.gateway, a.customer_id, a.email, a.name, a.organization_id,"
+			"            a.signup_via_api, a.signed_up_at, a.requested_at, a.force,"
+			"            a.dry_run"
 			"), started AS ("
-			"  UPDATE celloattr.attributions a SET state = 'running'"
-			"    FROM claimed c WHERE a.id = c.attribution_id AND a.state = 'queued'"
+			"  UPDATE celloattr.attributions SET state = 'running'"
+			"   WHERE id = ANY (ARRAY(SELECT attribution_id FROM claimed))"
+			"     AND state = 'queued'"
 			")"
-			"SELECT c.id, c.attribution_id, c.kind, c.stage, c.attempts, c.idempotency_key,"
-			"       c.payload::text, a.ucc, a.new_user_id, a.gateway, a.customer_id, a.email,"
-			"       a.name, a.organization_id, a.signup_via_api, a.signed_up_at,"
-			"       a.requested_at, a.force, a.dry_run"
-			"  FROM claimed c JOIN celloattr.attributions a ON a.id = c.attribution_id"
-			" ORDER BY c.id",
+			"SELECT * FROM claimed ORDER BY id",
 			2, types);
 	values[0] = Int32GetDatum(max_jobs);
 	values[1] = Int32GetDatum(celloattr_lease);
-	execute(claim_plan, values, NULL, SPI_OK_SELECT);
+	celloattr_execute(claim_plan, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Job		   *job = job_from_row(SPI_tuptable->vals[i],
@@ -272,11 +247,11 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 		MemoryContextSwitchTo(old);
 	}
 
-	prepare(&next_due_plan,
+	celloattr_prepare(&next_due_plan,
 			"SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
 			"  FROM celloattr.jobs WHERE state = 'queued'",
 			0, NULL);
-	execute(next_due_plan, NULL, NULL, SPI_OK_SELECT);
+	celloattr_execute(next_due_plan, NULL, NULL, SPI_OK_SELECT);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		*next_due = Max(0.0, DatumGetFloat8(d));
@@ -350,7 +325,7 @@ log_exchange(Job *job, HttpExchange *ex)
 	char		nulls[13];
 
 	memset(nulls, ' ', sizeof(nulls));
-	prepare(&log_plan,
+	celloattr_prepare(&log_plan,
 			"INSERT INTO celloattr.http_log (job_id, attribution_id, attempt, provider, method,"
 			"  url, request_headers, request_body, status, response_body, error, started_at,"
 			"  duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -369,7 +344,7 @@ log_exchange(Job *job, HttpExchange *ex)
 	values[10] = text_datum(scrub(ex->error), &nulls[10]);
 	values[11] = TimestampTzGetDatum(ex->started_at ? ex->started_at : GetCurrentTimestamp());
 	values[12] = Float8GetDatum(ex->duration_ms);
-	execute(log_plan, values, nulls, SPI_OK_INSERT);
+	celloattr_execute(log_plan, values, nulls, SPI_OK_INSERT);
 }
 
 /* What a successful step learned: the customer, the plan, follow-ups, the report. */
@@ -381,7 +356,7 @@ record_learned(Job *job, int16 stage)
 	ListCell   *lc;
 
 	memset(nulls, ' ', sizeof(nulls));
-	prepare(&learned_plan,
+	celloattr_prepare(&learned_plan,
 			"UPDATE celloattr.attributions"
 			"   SET customer_id = coalesce(customer_id, $2), plan = plan || coalesce($3::jsonb, '{}')"
 			" WHERE id = $1",
@@ -389,9 +364,9 @@ record_learned(Job *job, int16 stage)
 	values[0] = Int64GetDatum(job->attribution_id);
 	values[1] = text_datum(job->found_customer, &nulls[1]);
 	values[2] = text_datum(job->plan, &nulls[2]);
-	execute(learned_plan, values, nulls, SPI_OK_UPDATE);
+	celloattr_execute(learned_plan, values, nulls, SPI_OK_UPDATE);
 
-	prepare(&follow_up_plan,
+	celloattr_prepare(&follow_up_plan,
 			"INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, payload, idempotency_key)"
 			" SELECT $1, $2, $3, $4, $5::jsonb,"
 			"        'ca-' || i.install_id || '-' || $1 || '-' || $2 || coalesce('-' || $6, '')"
@@ -409,13 +384,13 @@ record_learned(Job *job, int16 stage)
 		values[3] = CStringGetTextDatum(job->dry_run && f->mutates ? "planned" : "queued");
 		values[4] = CStringGetTextDatum(f->payload);
 		values[5] = text_datum(f->key_suffix, &nulls[5]);
-		execute(follow_up_plan, values, nulls, SPI_OK_INSERT);
+		celloattr_execute(follow_up_plan, values, nulls, SPI_OK_INSERT);
 	}
 
 	/* a dry run only plans: what would go to support is in its plan */
 	if (job->dry_run)
 		return;
-	prepare(&support_plan,
+	celloattr_prepare(&support_plan,
 			"INSERT INTO celloattr.support_items (attribution_id, job_id, transaction_id, trigger,"
 			"  event_timestamp, price, currency, subscription_id, invoice_id, interval, seats,"
 			"  product_key, reason)"
@@ -444,7 +419,7 @@ record_learned(Job *job, int16 stage)
 		nulls[10] = s->has_seats ? ' ' : 'n';
 		values[11] = text_datum(s->product_key, &nulls[11]);
 		values[12] = CStringGetTextDatum(s->reason);
-		execute(support_plan, values, nulls, SPI_OK_INSERT);
+		celloattr_execute(support_plan, values, nulls, SPI_OK_INSERT);
 	}
 }
 
@@ -529,13 +504,13 @@ record_one(Job *job)
 	 * promotion and the final state below see what they added.
 	 */
 	values[0] = Int64GetDatum(job->attribution_id);
-	prepare(&lock_attribution_plan,
+	celloattr_prepare(&lock_attribution_plan,
 			"SELECT 1 FROM celloattr.attributions WHERE id = $1 FOR UPDATE",
 			1, (Oid[]) {INT8OID});
-	execute(lock_attribution_plan, values, NULL, SPI_OK_SELECT);
+	celloattr_execute(lock_attribution_plan, values, NULL, SPI_OK_SELECT);
 
 	memset(nulls, ' ', sizeof(nulls));
-	prepare(&finish_job_plan,
+	celloattr_prepare(&finish_job_plan,
 			"UPDATE celloattr.jobs"
 			"   SET state = $2, attempts = attempts - $3, lease_until = NULL,"
 			"       next_attempt_at = now() + make_interval(secs => $4),"
@@ -553,7 +528,7 @@ record_one(Job *job)
 	nulls[4] = job->last_status ? ' ' : 'n';
 	values[5] = text_datum(scrub(job->error), &nulls[5]);
 	values[6] = text_datum(job->result, &nulls[6]);
-	execute(finish_job_plan, values, nulls, SPI_OK_UPDATE_RETURNING);
+	celloattr_execute(finish_job_plan, values, nulls, SPI_OK_UPDATE_RETURNING);
 
 	/* cancelled (or superseded) while in flight: the log is all we keep */
 	if (SPI_processed == 1)
@@ -564,16 +539,16 @@ record_one(Job *job)
 			record_learned(job, stage);
 
 		values[0] = Int64GetDatum(job->attribution_id);
-		prepare(&promote_plan,
+		celloattr_prepare(&promote_plan,
 				"UPDATE celloattr.jobs w SET state = 'queued', next_attempt_at = now()"
 				" WHERE w.attribution_id = $1 AND w.state = 'waiting'"
 				"   AND NOT EXISTS (SELECT 1 FROM celloattr.jobs p"
 				"                    WHERE p.attribution_id = $1 AND p.stage < w.stage"
 				"                      AND p.state NOT IN ('done', 'support', 'planned'))",
 				1, (Oid[]) {INT8OID});
-		execute(promote_plan, values, NULL, SPI_OK_UPDATE);
+		celloattr_execute(promote_plan, values, NULL, SPI_OK_UPDATE);
 
-		prepare(&settle_plan,
+		celloattr_prepare(&settle_plan,
 				"WITH s AS ("
 				"  SELECT count(*) FILTER (WHERE state IN ('queued', 'running')) AS active,"
 				"         count(*) FILTER (WHERE state = 'waiting') AS waiting,"
@@ -592,7 +567,7 @@ record_one(Job *job)
 				" WHERE a.id = $1 AND a.state IN ('queued', 'running')"
 				"   AND s.active = 0 AND (s.waiting = 0 OR s.failed > 0)",
 				1, (Oid[]) {INT8OID});
-		execute(settle_plan, values, NULL, SPI_OK_UPDATE);
+		celloattr_execute(settle_plan, values, NULL, SPI_OK_UPDATE);
 	}
 }
 
