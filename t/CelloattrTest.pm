@@ -39,7 +39,7 @@ our @EXPORT = qw(
   celloattr_node fake fake_reset fake_seed fake_fault fake_requests
   fake_state fake_deliveries worker_pid wait_for_new_worker
   wait_all_final stripe_seed queue_stripe check_stripe_effects
-  worker_crashes);
+  worker_crashes psql_within attribute_one);
 
 # The database the worker serves in every TAP test.
 our $DB = 'celloattr_tap';
@@ -285,6 +285,34 @@ sub check_stripe_effects
 	  for grep { $_->{event_id} =~ /^evt_$prefix\d+$/ } @{ fake_deliveries() };
 	@wrong = grep { ($resent{"evt_$prefix$_"} // 0) != 1 } 1 .. $n;
 	is("@wrong", '', "$prefix: every event resent exactly once");
+}
+
+=pod
+
+=item psql_within($node, $db, $sql, $seconds)
+
+Runs $sql, giving up after $seconds; returns (exit code, timed out, stderr).
+
+=cut
+
+sub psql_within
+{
+	my ($node, $db, $sql, $seconds) = @_;
+	my ($out, $err, $timed_out);
+	my $rc = $node->psql($db, $sql, stdout => \$out, stderr => \$err,
+		timeout => $seconds, timed_out => \$timed_out);
+	return ($rc, $timed_out, $err);
+}
+
+# Queue one attribution of a seeded customer and wait for it; its state.
+sub attribute_one
+{
+	my ($node, $prefix, $i) = @_;
+	# committed first: the worker sees nothing before that
+	my $id = $node->safe_psql($DB, qq{
+		SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-$prefix$i',
+		                                 'stripe', customer_id => 'cus_$prefix$i')});
+	return $node->safe_psql($DB, "SELECT celloattr.wait($id, '60 s')");
 }
 
 # Lines of the server log where a celloattr worker died of a signal.
