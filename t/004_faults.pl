@@ -89,6 +89,18 @@ for my $case (@cases)
 	}
 }
 
+# an old paid invoice whose line items are not a list goes to the support
+# report (json-c aborted the worker, and with it the server, on it)
+fake_seed({ stripe => {
+	customers => [ { id => 'cus_nolines', metadata => {} } ],
+	invoices => [ { id => 'in_nolines', customer => 'cus_nolines', status => 'paid', age_days => 40,
+		lines => { object => 'list', data => 'not a list' } } ] } });
+my $nolines = $node->safe_psql($db,
+	"SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-nolines', 'stripe', customer_id => 'cus_nolines')");
+is($node->safe_psql($db, "SELECT celloattr.wait($nolines, '30 s')"), 'needs_support',
+	'an invoice without a list of line items: to the support report');
+is(worker_pid($node), $pid, 'an invoice without a list of line items: the worker did not crash');
+
 # a 429 is waited out for its Retry-After, twice, without using an attempt
 cmp_ok($node->safe_psql($db, qq{
 		SELECT extract(epoch FROM max(started_at) - min(started_at))
