@@ -109,10 +109,31 @@ check_json(const char *text)
 		(void) json_int_at(obj, paths[p], &i);
 		(void) json_bool_at(obj, paths[p], &b);
 	}
+	s = json_first_string(obj, paths);
+	if (s)
+		pfree(s);
+	(void) json_item_at(obj, "data", 0);
+	(void) json_item_at(obj, "lines.data", 1);
+	s = json_list_ids(json_at(obj, "data"), "id");
+	if (s)
+		pfree(s);
+	if (obj)
+		pfree(json_text(obj));
 	json_object_put(obj);
 	s = json_message_at(text, "error.message");
 	if (s)
 		pfree(s);
+}
+
+/* A Basic-auth header value is one line, whatever the user and password. */
+static void
+check_basic_auth(const char *value)
+{
+	char	   *header = basic_auth(value, value);
+
+	CHECK(strncmp(header, "Basic ", 6) == 0);
+	CHECK(strpbrk(header, "\r\n") == NULL);
+	pfree(header);
 }
 
 /* json_quote of a string parses back to the same string. */
@@ -137,6 +158,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_encoding(text);
 	check_json(text);
 	check_quote(text);
+	check_basic_auth(text);
 	pfree(text);
 	return 0;
 }
