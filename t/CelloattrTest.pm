@@ -41,6 +41,10 @@ our @EXPORT = qw(
   wait_all_final stripe_seed queue_stripe check_stripe_effects
   worker_crashes psql_within attribute_one);
 
+# Test names may hold multi-byte values (t/005_hostile.pl).
+binmode(Test::More->builder->$_, ':encoding(UTF-8)')
+  for qw(output failure_output todo_output);
+
 # The database the worker serves in every TAP test.
 our $DB = 'celloattr_tap';
 
