@@ -24,13 +24,16 @@ EXTENSION = celloattr
 DATA = celloattr--1.0.sql
 PGFILEDESC = "celloattr - repair Cello referral attribution"
 
-# The regression and isolation suites need the library preloaded, the local
-# API fakes running and the worker pointed at them: scripts/test sets all of
-# that up (see README), so a plain "make installcheck" is not supported.
+# The regression, isolation and TAP suites need the library preloaded, the
+# local API fakes running and the worker pointed at them: scripts/test sets
+# all of that up (see README), so a plain "make installcheck" is not
+# supported.  The TAP tests (t/*.pl) start their own nodes with the settings
+# scripts/test writes to $CELLOATTR_TAP_CONF.
 REGRESS = validation attribute transaction triggers support privileges stripe chargebee cello_api
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
 ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf
+TAP_TESTS = 1
 
 PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags libcurl json-c)
 SHLIB_LINK = $(shell pkg-config --libs libcurl json-c)

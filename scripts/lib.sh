@@ -21,6 +21,7 @@ ensure_deps() {
 	command -v pkg-config >/dev/null || missing+=(pkg-config)
 	command -v make >/dev/null || missing+=(make)
 	command -v gcc >/dev/null || missing+=(gcc)
+	command -v clang-14 >/dev/null || missing+=(clang-14 libclang-rt-14-dev)
 	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	[ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run this as root (or sudo) to install them"

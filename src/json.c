@@ -94,11 +94,24 @@ json_first_string(struct json_object *obj, const char *const *paths)
 	return NULL;
 }
 
+struct json_object *
+json_item_at(struct json_object *obj, const char *path, size_t idx)
+{
+	struct json_object *array = json_at(obj, path);
+
+	if (array == NULL || !json_object_is_type(array, json_type_array) ||
+		idx >= json_object_array_length(array))
+		return NULL;
+	return json_object_array_get_idx(array, idx);
+}
+
 char *
 json_list_ids(struct json_object *array, const char *path)
 {
 	StringInfoData buf;
-	size_t		n = json_object_array_length(array);
+	/* json-c asserts (aborting the server) on a length of a non-array */
+	size_t		n = json_object_is_type(array, json_type_array)
+		? json_object_array_length(array) : 0;
 
 	initStringInfo(&buf);
 	for (size_t i = 0; i < n && i < 10; i++)

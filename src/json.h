@@ -33,6 +33,14 @@ extern bool json_bool_at(struct json_object *obj, const char *path, bool *value)
 /* The first string found at one of the paths (NULL-terminated), or NULL. */
 extern char *json_first_string(struct json_object *obj, const char *const *paths);
 
+/*
+ * The idx-th item of the array at a path, or NULL if absent, not an array
+ * or too short.  json-c's own array accessors assert on anything but an
+ * array, and an assertion failure would abort the worker and restart the
+ * whole server: answers are read through this instead.
+ */
+extern struct json_object *json_item_at(struct json_object *obj, const char *path, size_t idx);
+
 /* The strings at path in the first elements of an array, comma separated
  * (for messages: "cus_1, cus_2"). */
 extern char *json_list_ids(struct json_object *array, const char *path);

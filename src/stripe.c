@@ -362,7 +362,7 @@ report_invoice(Job *job, struct json_object *invoice, int64 paid_at,
 			   const char *reason)
 {
 	SupportItem *s = job_support(job, "invoice-paid", reason);
-	struct json_object *line = json_object_array_get_idx(json_at(invoice, "lines.data"), 0);
+	struct json_object *line = json_item_at(invoice, "lines.data", 0);
 	char	   *currency = json_string_at(invoice, "currency");
 	int64		amount = 0;
 	int64		quantity;

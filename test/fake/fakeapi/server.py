@@ -205,6 +205,10 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n > 0 else b""
 
     def _send(self, resp, record=None):
+        # recorded first: what the API did stands even if the client has
+        # gone (killed mid-request) and the write below fails
+        if record is not None:
+            record["status"] = resp.status
         self.send_response(resp.status)
         for k, v in resp.headers:
             self.send_header(k, v)
@@ -213,8 +217,6 @@ class Handler(BaseHTTPRequestHandler):
         if resp.body:
             self.wfile.write(resp.body)
         self.wfile.flush()
-        if record is not None:
-            record["status"] = resp.status
 
     # -- main dispatch ----------------------------------------------------
     def _dispatch(self):
