@@ -5,6 +5,7 @@ OBJS = \
 	src/celloattr.o \
 	src/guc.o \
 	src/attribute.o \
+	src/transaction.o \
 	src/validate.o \
 	src/operator.o \
 	src/plans.o \

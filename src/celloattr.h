@@ -140,6 +140,15 @@ extern struct _SPI_plan *celloattr_prepare_replanned(struct _SPI_plan **cache,
 extern int	celloattr_execute(struct _SPI_plan *plan, Datum *values,
 							  const char *nulls, int expected);
 
+/* A C string (or NULL) as a text parameter and its null flag. */
+extern Datum celloattr_text_datum(const char *s, char *null);
+
+/* The first column of the first row SPI returned, as int8 (0 if NULL). */
+extern int64 celloattr_first_int8(void);
+
+/* A text argument of a SQL function as a C string, or NULL. */
+extern const char *celloattr_text_arg(struct FunctionCallInfoBaseData *fcinfo, int n);
+
 /* -------------------------------------------------------- validate.c */
 
 extern void celloattr_validate_attribution(const AttributionRequest *req);

@@ -22,6 +22,7 @@
 
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -29,8 +30,8 @@
 #include "celloattr.h"
 #include "http.h"
 
-/* Connections kept alive: above celloattr.max_in_flight's maximum. */
-#define HTTP_MAX_CONNECTIONS 600
+/* Connections kept alive at most (celloattr.max_in_flight's maximum). */
+#define HTTP_MAX_CONNECTIONS 512
 
 /* Easy handles kept between transfers: setting one up is not free. */
 #define HTTP_IDLE_HANDLES 64
@@ -56,6 +57,7 @@ struct HttpEngine
 	MemoryContext cxt;
 	CURL	   *idle[HTTP_IDLE_HANDLES];	/* easy handles kept for reuse */
 	int			nidle;
+	int			cached_fds;		/* descriptors reserved for kept-alive connections */
 };
 
 /* Per-transfer state curl's callbacks write into (malloc'd). */
@@ -200,6 +202,27 @@ timer_callback(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/*
+ * Keep connections alive across transfers, as many as there can be
+ * transfers in flight (a smaller cache closes and reopens them all the
+ * time), within the descriptors PostgreSQL can spare: each cached
+ * connection holds one.  External descriptors are capped at a third of
+ * max_safe_fds; the cache takes at most half of that, transfers the rest.
+ * Called again as celloattr.max_in_flight grows on reload.
+ */
+static void
+reserve_connection_cache(HttpEngine *engine)
+{
+	int			want = Min(Min(celloattr_max_in_flight, HTTP_MAX_CONNECTIONS),
+						   Max(1, max_safe_fds / 6));
+
+	if (engine->cached_fds >= want)
+		return;
+	while (engine->cached_fds < want && AcquireExternalFD())
+		engine->cached_fds++;
+	curl_multi_setopt(engine->multi, CURLMOPT_MAXCONNECTS, (long) Max(engine->cached_fds, 1));
+}
+
 HttpEngine *
 http_engine_create(HttpDoneCallback done)
 {
@@ -229,12 +252,7 @@ http_engine_create(HttpDoneCallback done)
 	curl_multi_setopt(engine->multi, CURLMOPT_SOCKETDATA, engine);
 	curl_multi_setopt(engine->multi, CURLMOPT_TIMERFUNCTION, timer_callback);
 	curl_multi_setopt(engine->multi, CURLMOPT_TIMERDATA, engine);
-	/*
-	 * Keep every connection alive across transfers: a cache smaller than
-	 * the transfers in flight (max_in_flight can grow on reload) would
-	 * close and reopen connections all the time.
-	 */
-	curl_multi_setopt(engine->multi, CURLMOPT_MAXCONNECTS, (long) HTTP_MAX_CONNECTIONS);
+	reserve_connection_cache(engine);
 	return engine;
 }
 
@@ -245,6 +263,8 @@ http_engine_destroy(HttpEngine *engine)
 	curl_multi_cleanup(engine->multi);
 	while (engine->nidle > 0)
 		curl_easy_cleanup(engine->idle[--engine->nidle]);
+	while (engine->cached_fds-- > 0)
+		ReleaseExternalFD();
 	free(engine->sockets);
 	if (engine->set)
 		FreeWaitEventSet(engine->set);
@@ -309,6 +329,20 @@ http_engine_add(HttpEngine *engine, HttpExchange *exchange)
 	Transfer   *t;
 
 	exchange->started_at = GetCurrentTimestamp();
+	reserve_connection_cache(engine);
+
+	/*
+	 * A transfer's socket is a descriptor PostgreSQL does not know about:
+	 * reserve it from the process's budget, or wait (a local shortage, not
+	 * the provider's failure).  Connections kept alive between transfers
+	 * were reserved when the engine was created.
+	 */
+	if (!AcquireExternalFD())
+	{
+		exchange->error = pstrdup("no file descriptor free for another transfer (max_files_per_process)");
+		exchange->resource_error = true;
+		return false;
+	}
 	t = calloc(1, sizeof(Transfer));
 	if (t && engine->nidle > 0)
 	{
@@ -320,6 +354,7 @@ http_engine_add(HttpEngine *engine, HttpExchange *exchange)
 	if (h == NULL)
 	{
 		free(t);
+		ReleaseExternalFD();
 		exchange->error = pstrdup("could not set up a transfer: out of memory");
 		exchange->resource_error = true;
 		return false;
@@ -356,6 +391,7 @@ http_engine_add(HttpEngine *engine, HttpExchange *exchange)
 	{
 		curl_easy_cleanup(h);
 		free_transfer(t);
+		ReleaseExternalFD();
 		exchange->error = pstrdup("could not start a transfer: out of memory");
 		exchange->resource_error = true;
 		return false;
@@ -419,6 +455,7 @@ finish_transfer(HttpEngine *engine, CURL *h, CURLcode result)
 	else
 		curl_easy_cleanup(h);
 	free_transfer(t);
+	ReleaseExternalFD();
 	ex->handle = NULL;
 	engine->in_flight--;
 	engine->done(ex);

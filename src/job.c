@@ -120,44 +120,50 @@ job_done(Job *job)
 	job->verdict = JOB_DONE;
 }
 
+/* Settle the verdict with a message (kept in the job's context). */
+static void
+settle(Job *job, JobVerdict verdict, const char *fmt, va_list args)
+pg_attribute_printf(3, 0);
+
+static void
+settle(Job *job, JobVerdict verdict, const char *fmt, va_list args)
+{
+	char		buf[1024];
+
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	job->verdict = verdict;
+	job->error = MemoryContextStrdup(job->cxt, buf);
+}
+
 void
 job_fail(Job *job, const char *fmt,...)
 {
 	va_list		args;
-	char		buf[1024];
 
 	va_start(args, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, args);
+	settle(job, JOB_FAILED, fmt, args);
 	va_end(args);
-	job->verdict = JOB_FAILED;
-	job->error = MemoryContextStrdup(job->cxt, buf);
 }
 
 void
 job_retry(Job *job, const char *fmt,...)
 {
 	va_list		args;
-	char		buf[1024];
 
 	va_start(args, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, args);
+	settle(job, JOB_RETRY, fmt, args);
 	va_end(args);
-	job->verdict = JOB_RETRY;
-	job->error = MemoryContextStrdup(job->cxt, buf);
 }
 
 void
 job_snooze(Job *job, double seconds, const char *fmt,...)
 {
 	va_list		args;
-	char		buf[1024];
 
 	va_start(args, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, args);
+	settle(job, JOB_SNOOZE, fmt, args);
 	va_end(args);
-	job->verdict = JOB_SNOOZE;
 	job->snooze_seconds = seconds;
-	job->error = MemoryContextStrdup(job->cxt, buf);
 }
 
 /* Retry-After in seconds (the HTTP-date form is rare; use the default). */

@@ -2,7 +2,8 @@
  *
  * plans.c
  *	  Statements prepared once per process and run through SPI, shared by
- *	  the queueing functions and the worker.
+ *	  the queueing functions and the worker, and the small conversions
+ *	  around them.
  *
  * Plans are generic from the first execution: these statements run
  * thousands of times per second with parameters that never change the
@@ -15,7 +16,9 @@
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "nodes/parsenodes.h"
+#include "utils/builtins.h"
 
 #include "celloattr.h"
 
@@ -58,4 +61,27 @@ celloattr_execute(SPIPlanPtr plan, Datum *values, const char *nulls,
 		elog(ERROR, "celloattr: SPI_execute_plan returned %s",
 			 SPI_result_code_string(rc));
 	return (int) SPI_processed;
+}
+
+Datum
+celloattr_text_datum(const char *s, char *null)
+{
+	*null = (s == NULL) ? 'n' : ' ';
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
+}
+
+int64
+celloattr_first_int8(void)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								  1, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+const char *
+celloattr_text_arg(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
 }

@@ -262,13 +262,6 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 
 /* ------------------------------------------------------------ outcomes */
 
-static Datum
-text_datum(const char *s, char *null)
-{
-	*null = s ? ' ' : 'n';
-	return s ? CStringGetTextDatum(s) : (Datum) 0;
-}
-
 static char *
 redact(char *out, const char *secret)
 {
@@ -337,11 +330,11 @@ log_exchange(Job *job, HttpExchange *ex)
 	values[4] = CStringGetTextDatum(ex->method);
 	values[5] = CStringGetTextDatum(scrub(ex->url));
 	values[6] = CStringGetTextDatum(scrub(http_logged_headers(ex)));
-	values[7] = text_datum(scrub(clip(ex->body, ex->body_len)), &nulls[7]);
+	values[7] = celloattr_text_datum(scrub(clip(ex->body, ex->body_len)), &nulls[7]);
 	values[8] = Int32GetDatum((int32) ex->status);
 	nulls[8] = ex->started_at && !ex->error ? ' ' : 'n';
-	values[9] = text_datum(scrub(clip(ex->response, ex->response_len)), &nulls[9]);
-	values[10] = text_datum(scrub(ex->error), &nulls[10]);
+	values[9] = celloattr_text_datum(scrub(clip(ex->response, ex->response_len)), &nulls[9]);
+	values[10] = celloattr_text_datum(scrub(ex->error), &nulls[10]);
 	values[11] = TimestampTzGetDatum(ex->started_at ? ex->started_at : GetCurrentTimestamp());
 	values[12] = Float8GetDatum(ex->duration_ms);
 	celloattr_execute(log_plan, values, nulls, SPI_OK_INSERT);
@@ -362,8 +355,8 @@ record_learned(Job *job, int16 stage)
 			" WHERE id = $1",
 			3, (Oid[]) {INT8OID, TEXTOID, TEXTOID});
 	values[0] = Int64GetDatum(job->attribution_id);
-	values[1] = text_datum(job->found_customer, &nulls[1]);
-	values[2] = text_datum(job->plan, &nulls[2]);
+	values[1] = celloattr_text_datum(job->found_customer, &nulls[1]);
+	values[2] = celloattr_text_datum(job->plan, &nulls[2]);
 	celloattr_execute(learned_plan, values, nulls, SPI_OK_UPDATE);
 
 	celloattr_prepare(&follow_up_plan,
@@ -383,7 +376,7 @@ record_learned(Job *job, int16 stage)
 		values[2] = Int16GetDatum(stage + 1);
 		values[3] = CStringGetTextDatum(job->dry_run && f->mutates ? "planned" : "queued");
 		values[4] = CStringGetTextDatum(f->payload);
-		values[5] = text_datum(f->key_suffix, &nulls[5]);
+		values[5] = celloattr_text_datum(f->key_suffix, &nulls[5]);
 		celloattr_execute(follow_up_plan, values, nulls, SPI_OK_INSERT);
 	}
 
@@ -410,14 +403,14 @@ record_learned(Job *job, int16 stage)
 		values[3] = CStringGetTextDatum(s->trigger);
 		values[4] = TimestampTzGetDatum(s->event_timestamp);
 		nulls[4] = s->has_timestamp ? ' ' : 'n';
-		values[5] = text_datum(s->price, &nulls[5]);
-		values[6] = text_datum(s->currency, &nulls[6]);
-		values[7] = text_datum(s->subscription_id, &nulls[7]);
-		values[8] = text_datum(s->invoice_id, &nulls[8]);
-		values[9] = text_datum(s->interval, &nulls[9]);
+		values[5] = celloattr_text_datum(s->price, &nulls[5]);
+		values[6] = celloattr_text_datum(s->currency, &nulls[6]);
+		values[7] = celloattr_text_datum(s->subscription_id, &nulls[7]);
+		values[8] = celloattr_text_datum(s->invoice_id, &nulls[8]);
+		values[9] = celloattr_text_datum(s->interval, &nulls[9]);
 		values[10] = Int32GetDatum(s->seats);
 		nulls[10] = s->has_seats ? ' ' : 'n';
-		values[11] = text_datum(s->product_key, &nulls[11]);
+		values[11] = celloattr_text_datum(s->product_key, &nulls[11]);
 		values[12] = CStringGetTextDatum(s->reason);
 		celloattr_execute(support_plan, values, nulls, SPI_OK_INSERT);
 	}
@@ -526,8 +519,8 @@ record_one(Job *job)
 	values[3] = Float8GetDatum(delay);
 	values[4] = Int32GetDatum((int32) job->last_status);
 	nulls[4] = job->last_status ? ' ' : 'n';
-	values[5] = text_datum(scrub(job->error), &nulls[5]);
-	values[6] = text_datum(job->result, &nulls[6]);
+	values[5] = celloattr_text_datum(scrub(job->error), &nulls[5]);
+	values[6] = celloattr_text_datum(job->result, &nulls[6]);
 	celloattr_execute(finish_job_plan, values, nulls, SPI_OK_UPDATE_RETURNING);
 
 	/* cancelled (or superseded) while in flight: the log is all we keep */

@@ -34,8 +34,10 @@
 #include "http.h"
 #include "worker.h"
 
-/* Seconds a step waits after a local shortage (descriptors, memory). */
+/* Seconds a step waits after a local shortage (descriptors, memory)... */
 #define RESOURCE_SNOOZE_SECONDS 2.0
+/* ...unless transfers in flight will free one: then it waits in memory. */
+#define SHORTAGE_RETRY_MS 20
 
 typedef struct Pace
 {
@@ -114,7 +116,11 @@ finish(Job *job)
 	MemoryContextSwitchTo(old);
 }
 
-/* Send the job's pending request now; false if its provider's pace says wait. */
+/*
+ * Send the job's pending request now; false (and *wait_ms) if its
+ * provider's pace says wait, or no descriptor is free until a transfer in
+ * flight ends.
+ */
 static bool
 try_send(Job *job, TimestampTz now, long *wait_ms)
 {
@@ -132,6 +138,15 @@ try_send(Job *job, TimestampTz now, long *wait_ms)
 	}
 	else if (!http_engine_add(engine, ex))
 	{
+		if (ex->resource_error && http_engine_in_flight(engine) > 0)
+		{
+			/* a transfer in flight gives its descriptor back soon: wait here */
+			ex->error = NULL;
+			ex->resource_error = false;
+			job->pending = ex;
+			*wait_ms = SHORTAGE_RETRY_MS;
+			return false;
+		}
 		job->verdict = JOB_SNOOZE;
 		job->snooze_seconds = RESOURCE_SNOOZE_SECONDS;
 		job->error = psprintf("not sent: %s", ex->error);
