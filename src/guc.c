@@ -154,7 +154,7 @@ celloattr_define_gucs(bool preloading)
 							NULL, &celloattr_poll_interval, 10000, 10, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("celloattr.lease",
-							"Time after which a step claimed by a worker that vanished is claimed again.",
+							"How long a claimed step is recorded as reserved (lease_until); steps of a worker that died are claimed again when the next one starts.",
 							NULL, &celloattr_lease, 300, 5, SECS_PER_DAY,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomBoolVariable("celloattr.allow_http",
