@@ -117,25 +117,24 @@ queue_extension_ready(void)
 /*
  * Steps left 'running' by a worker that is gone are due again, with the
  * idempotency key they had.  At start-up every running step is orphaned:
- * this is the only worker.
+ * this is the only worker.  False if the tables could not be locked at
+ * once (try again later).
  */
-void
-queue_requeue_orphans(bool all_running)
+bool
+queue_requeue_orphans(void)
 {
-	Datum		values[1] = {BoolGetDatum(all_running)};
-	Oid			types[1] = {BOOLOID};
-
 	if (!begin("requeueing steps of a previous worker"))
-		return;
+		return false;
 	celloattr_prepare(&requeue_plan,
-			"UPDATE celloattr.jobs SET state = 'queued', lease_until = NULL, next_attempt_at = now() "
-			" WHERE state = 'running' AND ($1 OR lease_until < now())",
-			1, types);
-	celloattr_execute(requeue_plan, values, NULL, SPI_OK_UPDATE);
+					  "UPDATE celloattr.jobs SET state = 'queued', lease_until = NULL, next_attempt_at = now() "
+					  " WHERE state = 'running'",
+					  0, NULL);
+	celloattr_execute(requeue_plan, NULL, NULL, SPI_OK_UPDATE);
 	if (SPI_processed > 0)
 		elog(LOG, "celloattr worker: %llu step(s) left running by a previous worker are due again",
 			 (unsigned long long) SPI_processed);
 	commit();
+	return true;
 }
 
 static char *

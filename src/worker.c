@@ -334,9 +334,9 @@ celloattr_worker_main(Datum main_arg)
 		if (finished != NIL && record_finished())
 			claim_now = true;
 
-		if (!orphans_requeued && queue_extension_ready())
+		/* until done, nothing is claimed: an orphan must not wait behind new work */
+		if (!orphans_requeued && queue_extension_ready() && queue_requeue_orphans())
 		{
-			queue_requeue_orphans(true);
 			orphans_requeued = true;
 			claim_now = true;
 		}

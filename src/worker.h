@@ -21,7 +21,7 @@ PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();
 
 /* queue.c: the worker's short transactions on the queue tables. */
 extern bool queue_extension_ready(void);
-extern void queue_requeue_orphans(bool all_running);
+extern bool queue_requeue_orphans(void);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 extern bool queue_record_batch(List *jobs);
 
