@@ -45,7 +45,6 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -103,7 +102,6 @@ typedef struct UserEntry
 typedef struct PendingRow
 {
 	UserKey		key;			/* strings in the batch's context */
-	int			executor_depth; /* of the call that queued it */
 	int			xact_level;		/* (sub)transaction it belongs to */
 	int			first_job;		/* its steps start there in jobs[] */
 } PendingRow;
@@ -113,7 +111,7 @@ typedef struct Pending
 	MemoryContext context;		/* the strings and the hash table */
 	HTAB	   *users;			/* UserKey -> row */
 	Oid			owner;			/* the role the rows are inserted as */
-	int			max_depth;		/* deepest executor_depth among rows */
+	int			max_depth;		/* deepest statement nesting of a call */
 	int			nrows;
 	PendingRow	rows[PENDING_BATCH];
 	Datum		values[NCOLUMNS][PENDING_BATCH];
@@ -143,8 +141,7 @@ static Exposure exposures[MAX_EXPOSURES];
 static int	nexposures = 0;
 static bool rows_lost = false;
 
-/* Looked up once per transaction. */
-static LocalTransactionId cached_lxid = InvalidLocalTransactionId;
+/* Looked up by each call (the extension may be re-created any time). */
 static Oid	schema_oid;
 static Oid	attributions_oid;
 static Oid	live_user_index_oid;
@@ -210,8 +207,6 @@ have_rows(void)
 static void
 lookup_relations(void)
 {
-	if (cached_lxid == MyProc->lxid)
-		return;
 	schema_oid = get_namespace_oid("celloattr", false);
 	attributions_oid = get_relname_relid("attributions", schema_oid);
 	live_user_index_oid = get_relname_relid("attributions_live_user", schema_oid);
@@ -222,7 +217,6 @@ lookup_relations(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the celloattr schema lacks its attributions table, index or sequence"),
 				 errhint("Re-create the extension: DROP EXTENSION celloattr; CREATE EXTENSION celloattr.")));
-	cached_lxid = MyProc->lxid;
 }
 
 /*
@@ -470,7 +464,6 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	row->key.gateway = pstrdup(req->gateway);
 	row->key.new_user_id = pstrdup(req->new_user_id);
 	row->key.dry_run = req->dry_run;
-	row->executor_depth = celloattr_executor_depth;
 	row->xact_level = GetCurrentTransactionNestLevel();
 	row->first_job = pending->njobs;
 	for (int i = 0; i < a->nsteps; i++)
