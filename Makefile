@@ -5,6 +5,8 @@ OBJS = \
 	src/celloattr.o \
 	src/guc.o \
 	src/attribute.o \
+	src/pending.o \
+	src/statement.o \
 	src/transaction.o \
 	src/validate.o \
 	src/operator.o \
@@ -30,7 +32,7 @@ PGFILEDESC = "celloattr - repair Cello referral attribution"
 # all of that up (see README), so a plain "make installcheck" is not
 # supported.  The TAP tests (t/*.pl) start their own nodes with the settings
 # scripts/test writes to $CELLOATTR_TAP_CONF.
-REGRESS = validation attribute transaction triggers support privileges stripe chargebee cello_api
+REGRESS = validation attribute batch transaction triggers support privileges stripe chargebee cello_api
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
 ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf

@@ -6,6 +6,16 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=${CELLOATTR_SHARED:-$top/../shared}
 PYTHON=${PYTHON:-/usr/bin/python3}
 TEST_USER=${CELLOATTR_TEST_USER:-postgres}
+# CELLOATTR_PG_PREFIX=/some/dir: build, install and test against a private
+# copy of the PostgreSQL installation made there (scripts/private-pg), so
+# several checkouts on one machine need not take turns.
+if [ -n "${CELLOATTR_PG_PREFIX:-}" ]; then
+	PG_CONFIG=$CELLOATTR_PG_PREFIX/usr/lib/postgresql/15/bin/pg_config
+	[ -x "$PG_CONFIG" ] || { printf 'error: no PostgreSQL copy in %s (run scripts/private-pg %s)\n' \
+		"$CELLOATTR_PG_PREFIX" "$CELLOATTR_PG_PREFIX" >&2; exit 1; }
+	export PG_CONFIG
+fi
+PGBIN=$(${PG_CONFIG:-pg_config} --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -37,8 +47,10 @@ ensure_deps() {
 # holds the lock from install to its last test (several checkouts of the
 # project on one machine then take turns instead of breaking each other).
 build_install() {
-	exec 9>"${TMPDIR:-/tmp}/celloattr-install.lock"
-	flock 9
+	if [ -z "${CELLOATTR_PG_PREFIX:-}" ]; then
+		exec 9>"${TMPDIR:-/tmp}/celloattr-install.lock"
+		flock 9
+	fi
 	say "building (warnings are errors)"
 	make -C "$top" -s clean >/dev/null
 	make -C "$top" -s WERROR=1 >/dev/null || die "build failed"
@@ -130,14 +142,14 @@ start_cluster() {
 	local work=$1
 	PGDATA_DIR=$work/pgdata
 	PGPORT_USED=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	as_test_user /usr/lib/postgresql/15/bin/initdb -D "$PGDATA_DIR" -A trust >/dev/null || die "initdb failed"
+	as_test_user "$PGBIN/initdb" -D "$PGDATA_DIR" -A trust >/dev/null || die "initdb failed"
 	write_conf "$work/celloattr.conf" postgres off
 	cat "$work/celloattr.conf" >>"$PGDATA_DIR/postgresql.conf"
-	as_test_user /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA_DIR" -l "$work/server.log" \
+	as_test_user "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$work/server.log" \
 		-o "-p $PGPORT_USED -k $work -c listen_addresses=''" -w start >/dev/null 9>&- \
 		|| { cat "$work/server.log"; die "the cluster did not start"; }
 }
 
 stop_cluster() {
-	as_test_user /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA_DIR" -m fast stop >/dev/null 2>&1
+	as_test_user "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast stop >/dev/null 2>&1
 }

@@ -7,8 +7,11 @@
  * A repair is recorded as one attributions row plus the first steps (jobs)
  * of its path, in the caller's transaction: nothing leaves the database
  * before that transaction commits, and a rollback leaves nothing behind.
- * The partial unique index attributions_live_user makes a repeat return the
- * same id and lets two sessions racing for one user end with one row.
+ * A user with no live attribution joins the statement's batch (pending.c);
+ * the others take the careful path here, where the partial unique index
+ * attributions_live_user and a row lock make a repeat return the same id,
+ * a different ucc a dispute, and two sessions racing for one user end with
+ * one row.
  *
  * Statements are prepared once per backend (plans.c).
  *
@@ -27,49 +30,14 @@
 
 #include "celloattr.h"
 
-/* A step of a repair path as planned at queueing time. */
-typedef struct PlannedJob
-{
-	const char *kind;
-	int16		stage;
-	bool		mutates;		/* changes something at a provider */
-} PlannedJob;
-
-#define MAX_PLANNED_JOBS 2
-
 static SPIPlanPtr insert_attribution_plan = NULL;
 static SPIPlanPtr find_live_plan = NULL;
 static SPIPlanPtr next_id_plan = NULL;
 static SPIPlanPtr supersede_plan = NULL;
 static SPIPlanPtr cancel_jobs_plan = NULL;
 
-/*
- * The first steps of a path.  Later steps (which events to resend) are
- * queued by the worker as it learns them.  In a dry run every reading step
- * runs at once and the mutating ones are only recorded as 'planned'.
- */
-static int
-plan_path(const AttributionRequest *req, bool signup_via_api,
-		  PlannedJob *jobs)
-{
-	int			n = 0;
-	int16		stage = 1;
-
-	if (signup_via_api)
-	{
-		jobs[n++] = (PlannedJob) {"cello_signup", stage, true};
-		if (!req->dry_run)
-			stage++;
-	}
-	if (strcmp(req->gateway, "stripe") == 0)
-		jobs[n++] = (PlannedJob) {"stripe_customer", stage, false};
-	else if (strcmp(req->gateway, "chargebee") == 0)
-		jobs[n++] = (PlannedJob) {"chargebee_customer", stage, false};
-	return n;
-}
-
 /* The caller's role name: looked up once per role, not once per call. */
-static Datum
+static const char *
 requested_by(void)
 {
 	static Oid	cached_role = InvalidOid;
@@ -81,7 +49,54 @@ requested_by(void)
 		namestrcpy(&cached_name, GetUserNameFromId(role, false));
 		cached_role = role;
 	}
-	return CStringGetTextDatum(NameStr(cached_name));
+	return NameStr(cached_name);
+}
+
+static void
+add_step(QueuedAttribution *a, const char *kind, int16 stage, bool mutates)
+{
+	QueuedStep *step = &a->steps[a->nsteps++];
+
+	step->kind = kind;
+	step->stage = stage;
+	if (a->req->dry_run && mutates)
+		step->state = "planned";
+	else
+	{
+		step->state = stage == 1 ? "queued" : "waiting";
+		a->state = "queued";
+		a->finished = false;
+	}
+}
+
+/*
+ * The first steps of a path.  Later steps (which events to resend) are
+ * queued by the worker as it learns them.  In a dry run every reading step
+ * runs and the mutating ones are only recorded as 'planned'; a dry run
+ * with nothing to read is finished at once.
+ */
+static void
+plan_attribution(const AttributionRequest *req, bool signup_via_api,
+				 QueuedAttribution *a)
+{
+	int16		stage = 1;
+
+	a->req = req;
+	a->signup_via_api = signup_via_api;
+	a->requested_by = requested_by();
+	a->state = "planned";
+	a->finished = true;
+	a->nsteps = 0;
+	if (signup_via_api)
+	{
+		add_step(a, "cello_signup", stage, true);
+		if (!req->dry_run)
+			stage++;
+	}
+	if (strcmp(req->gateway, "stripe") == 0)
+		add_step(a, "stripe_customer", stage, false);
+	else if (strcmp(req->gateway, "chargebee") == 0)
+		add_step(a, "chargebee_customer", stage, false);
 }
 
 /* A text[] or int2[] of the plan's columns. */
@@ -97,45 +112,32 @@ plan_array(Datum *elems, int n, Oid type)
 }
 
 /*
- * Insert the attribution and the first steps of its path in one statement;
- * returns its id, or 0 when a live one for the same user and gateway exists
- * already (then nothing is inserted).  forced_id/supersedes are 0 unless a
- * forced repair replaces another.
- *
- * The steps come from plan_path(): later ones (which events to resend) are
- * queued by the worker as it learns them.  In a dry run the mutating steps
- * are only 'planned'; a dry run with nothing to read is finished at once.
+ * Insert the attribution and its first steps in one statement; returns its
+ * id, or 0 when a live one for the same user and gateway exists already
+ * (then nothing is inserted).  forced_id/supersedes are 0 unless a forced
+ * repair replaces another.
  */
 static int64
-try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
-					   int64 forced_id, int64 supersedes)
+try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
+					   int64 supersedes)
 {
-	Oid			types[19] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	const AttributionRequest *req = a->req;
+	Oid			types[20] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
 		TEXTOID, INT8OID, INT8OID, TEXTARRAYOID, INT2ARRAYOID, TEXTARRAYOID,
-	BOOLOID};
-	Datum		values[19];
-	char		nulls[19];
-	PlannedJob	jobs[MAX_PLANNED_JOBS];
-	Datum		kinds[MAX_PLANNED_JOBS];
-	Datum		stages[MAX_PLANNED_JOBS];
-	Datum		states[MAX_PLANNED_JOBS];
-	int			njobs = plan_path(req, signup_via_api, jobs);
-	bool		runnable = false;
+	TEXTOID, BOOLOID};
+	Datum		values[20];
+	char		nulls[20];
+	Datum		kinds[CELLOATTR_MAX_FIRST_STEPS];
+	Datum		stages[CELLOATTR_MAX_FIRST_STEPS];
+	Datum		states[CELLOATTR_MAX_FIRST_STEPS];
 	bool		isnull;
 
-	for (int i = 0; i < njobs; i++)
+	for (int i = 0; i < a->nsteps; i++)
 	{
-		const char *state = "planned";
-
-		if (!(req->dry_run && jobs[i].mutates))
-		{
-			state = jobs[i].stage == 1 ? "queued" : "waiting";
-			runnable = true;
-		}
-		kinds[i] = CStringGetTextDatum(jobs[i].kind);
-		stages[i] = Int16GetDatum(jobs[i].stage);
-		states[i] = CStringGetTextDatum(state);
+		kinds[i] = CStringGetTextDatum(a->steps[i].kind);
+		stages[i] = Int16GetDatum(a->steps[i].stage);
+		states[i] = CStringGetTextDatum(a->steps[i].state);
 	}
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -147,8 +149,7 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 			"     id, supersedes, state, finished_at)"
 			"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
 			"          coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)), $15,"
-			"          CASE WHEN $19 THEN 'queued' ELSE 'planned' END,"
-			"          CASE WHEN $19 THEN NULL ELSE now() END)"
+			"          $19, CASE WHEN $20 THEN now() END)"
 			"  ON CONFLICT (gateway, new_user_id, dry_run)"
 			"    WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING"
 			"  RETURNING id"
@@ -161,7 +162,7 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 			"  RETURNING 1"
 			")"
 			"SELECT a.id, (SELECT count(*) FROM j) FROM a",
-			19, types);
+			20, types);
 
 	values[0] = CStringGetTextDatum(req->ucc);
 	values[1] = CStringGetTextDatum(req->new_user_id);
@@ -170,26 +171,27 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
 	values[4] = celloattr_text_datum(req->email, &nulls[4]);
 	values[5] = celloattr_text_datum(req->name, &nulls[5]);
 	values[6] = celloattr_text_datum(req->organization_id, &nulls[6]);
-	values[7] = BoolGetDatum(signup_via_api);
+	values[7] = BoolGetDatum(a->signup_via_api);
 	values[8] = TimestampTzGetDatum(req->signed_up_at);
 	nulls[8] = req->signed_up_at_isnull ? 'n' : ' ';
 	values[9] = celloattr_text_datum(req->reason, &nulls[9]);
 	values[10] = BoolGetDatum(req->force);
 	values[11] = BoolGetDatum(req->dry_run);
-	values[12] = requested_by();
+	values[12] = CStringGetTextDatum(a->requested_by);
 	values[13] = Int64GetDatum(forced_id);
 	nulls[13] = forced_id ? ' ' : 'n';
 	values[14] = Int64GetDatum(supersedes);
 	nulls[14] = supersedes ? ' ' : 'n';
-	values[15] = plan_array(kinds, njobs, TEXTOID);
-	values[16] = plan_array(stages, njobs, INT2OID);
-	values[17] = plan_array(states, njobs, TEXTOID);
-	values[18] = BoolGetDatum(runnable);
+	values[15] = plan_array(kinds, a->nsteps, TEXTOID);
+	values[16] = plan_array(stages, a->nsteps, INT2OID);
+	values[17] = plan_array(states, a->nsteps, TEXTOID);
+	values[18] = CStringGetTextDatum(a->state);
+	values[19] = BoolGetDatum(a->finished);
 
 	if (celloattr_execute(insert_attribution_plan, values, nulls, SPI_OK_SELECT) == 0)
 		return 0;
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									2, &isnull)) != njobs)
+									2, &isnull)) != a->nsteps)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("celloattr.installation has no row"),
@@ -203,7 +205,7 @@ try_insert_attribution(const AttributionRequest *req, bool signup_via_api,
  * transaction, under the row lock taken by the caller.
  */
 static int64
-supersede(int64 old_id, const AttributionRequest *req, bool signup_via_api)
+supersede(int64 old_id, const QueuedAttribution *a)
 {
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		values[2];
@@ -231,7 +233,7 @@ supersede(int64 old_id, const AttributionRequest *req, bool signup_via_api)
 			1, types);
 	celloattr_execute(cancel_jobs_plan, values, NULL, SPI_OK_UPDATE);
 
-	if (try_insert_attribution(req, signup_via_api, new_id, old_id) != new_id)
+	if (try_insert_attribution(a, new_id, old_id) != new_id)
 		elog(ERROR, "celloattr: could not insert attribution %lld superseding %lld",
 			 (long long) new_id, (long long) old_id);
 	return new_id;
@@ -241,6 +243,8 @@ int64
 celloattr_attribute(const AttributionRequest *req)
 {
 	bool		signup_via_api;
+	QueuedAttribution planned;
+	bool		was_holding;
 	int64		id = 0;
 
 	celloattr_validate_attribution(req);
@@ -255,6 +259,15 @@ celloattr_attribute(const AttributionRequest *req)
 				 errdetail("On the Cello API path the signup itself is sent through Cello's API."),
 				 errhint("Leave signup_via_api NULL or pass true.")));
 
+	plan_attribution(req, signup_via_api, &planned);
+	if (celloattr_pending_usable())
+	{
+		id = celloattr_pending_queue(&planned);
+		if (id != 0)
+			return id;
+	}
+
+	was_holding = celloattr_pending_hold(true);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
 
@@ -270,7 +283,7 @@ celloattr_attribute(const AttributionRequest *req)
 		int64		existing_id;
 		char	   *existing_ucc;
 
-		id = try_insert_attribution(req, signup_via_api, 0, 0);
+		id = try_insert_attribution(&planned, 0, 0);
 		if (id != 0)
 			break;
 
@@ -308,7 +321,7 @@ celloattr_attribute(const AttributionRequest *req)
 							(long long) existing_id),
 					 errhint("Pass reason => '...' so the audit trail says why the referral changed.")));
 		else
-			id = supersede(existing_id, req, signup_via_api);
+			id = supersede(existing_id, &planned);
 	}
 	if (id == 0)
 		ereport(ERROR,
@@ -318,6 +331,7 @@ celloattr_attribute(const AttributionRequest *req)
 				 errhint("Run the call again.")));
 
 	SPI_finish();
+	celloattr_pending_hold(was_holding);
 	return id;
 }
 

@@ -173,5 +173,5 @@ _PG_init(void)
 	shmem_startup_hook = celloattr_shmem_startup;
 
 	celloattr_register_launcher();
-
+	celloattr_pending_init();
 }

@@ -100,6 +100,52 @@ typedef struct AttributionRequest
 /* Validate and queue one repair; returns the attribution id. */
 extern int64 celloattr_attribute(const AttributionRequest *req);
 
+/* ---------------------------------------------------------- pending.c */
+
+/* A path starts with at most a Cello signup and a customer lookup. */
+#define CELLOATTR_MAX_FIRST_STEPS 2
+
+/* A first step of a repair as planned at queueing time. */
+typedef struct QueuedStep
+{
+	const char *kind;
+	int16		stage;
+	const char *state;			/* queued, waiting or planned */
+} QueuedStep;
+
+/* A validated repair, planned, ready to be inserted. */
+typedef struct QueuedAttribution
+{
+	const AttributionRequest *req;
+	bool		signup_via_api;
+	const char *requested_by;
+	const char *state;			/* queued, or planned: a dry run with
+								 * nothing to read */
+	bool		finished;
+	int			nsteps;
+	QueuedStep	steps[CELLOATTR_MAX_FIRST_STEPS];
+} QueuedAttribution;
+
+/* Batching is possible in this process (the hooks that write batches are
+ * in place from its start). */
+extern bool celloattr_pending_usable(void);
+
+/* Add a new attribution to the statement's batch and return its id, or 0
+ * when the user has a live attribution already or is in the batch: then
+ * the caller must take the careful path. */
+extern int64 celloattr_pending_queue(const QueuedAttribution *a);
+
+/* Write the batch now. */
+extern void celloattr_pending_flush(void);
+
+/* While set, statements reading celloattr tables leave the batch alone
+ * (the careful path reads only users that are not in it); returns the
+ * previous setting. */
+extern bool celloattr_pending_hold(bool hold);
+
+/* statement.c: install the hooks that write batches as statements end. */
+extern void celloattr_pending_init(void);
+
 /* One transaction of an attributed user (Cello API path). */
 typedef struct TransactionRequest
 {

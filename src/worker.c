@@ -361,8 +361,12 @@ celloattr_worker_main(Datum main_arg)
 				next_claim_at = Min(next_claim_at, now + (TimestampTz) (next_due * 1e6));
 			list_free(jobs);
 		}
-		else if (!orphans_requeued)
+		else if (!orphans_requeued || celloattr_paused)
+		{
+			/* nothing may be claimed: sleep until woken or poll_interval */
+			claim_now = false;
 			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+		}
 
 		pace_ms = release_paced();
 		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))

@@ -41,7 +41,10 @@ my @cases = (
 	[ 'timeouts always', { action => 'stall', seconds => 1.5, count => 0 },
 		'failed', $MAX_ATTEMPTS, qr/gave up after 3 attempts: .*Timeout was reached/ ],
 	[ 'stalled body', { action => 'stall_body', seconds => 2 }, 'done', 2 ],
-	[ 'dropped connection', { action => 'drop' }, 'done', 2 ],
+	# libcurl itself sends a request again, once, when the kept-alive
+	# connection it reused turns out closed before any answer: then the
+	# step needed one attempt of ours, else two
+	[ 'dropped connection', { action => 'drop' }, 'done', '[12]' ],
 	[ 'malformed JSON', { action => 'malformed' }, 'done', 2 ],
 	[ 'malformed JSON always', { action => 'malformed', count => 0 },
 		'failed', $MAX_ATTEMPTS, qr/with a body that is not JSON/ ],
@@ -80,7 +83,7 @@ for my $case (@cases)
 	my ($got_state, $got_attempts, $got_error) = split /\|/, $node->safe_psql($db, qq{
 		SELECT state, attempts, coalesce(last_error, '')
 		  FROM celloattr.jobs WHERE attribution_id = $ids{$name} AND kind = 'stripe_customer'}), 3;
-	is("$got_state $got_attempts", "$state $attempts", "$name: step $state after $attempts attempt(s)");
+	like("$got_state $got_attempts", qr/^$state $attempts$/, "$name: step $state after $attempts attempt(s)");
 	like($got_error, $error, "$name: reason kept") if $error;
 	if ($state eq 'failed')
 	{
