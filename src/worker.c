@@ -14,6 +14,10 @@
  * so a backlog never exceeds the configured rate; a 429 also closes the
  * provider's bucket until its Retry-After has passed.
  *
+ * When no due step is left to claim, the worker deletes rows older than
+ * celloattr.retention (retention.c): a batch per table and loop while old
+ * rows remain, then again after poll_interval.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -283,7 +287,9 @@ celloattr_worker_main(Datum main_arg)
 	MemoryContext loop_cxt;
 	bool		claim_now = true;
 	bool		orphans_requeued = false;
+	bool		prune_more = false;
 	TimestampTz next_claim_at = 0;
+	TimestampTz next_prune_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -318,6 +324,7 @@ celloattr_worker_main(Datum main_arg)
 	{
 		long		timeout_ms = celloattr_poll_interval;
 		long		pace_ms;
+		bool		may_prune;
 		TimestampTz now;
 
 		CHECK_FOR_INTERRUPTS();
@@ -368,8 +375,17 @@ celloattr_worker_main(Datum main_arg)
 			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
 		}
 
+		/* old rows wait while due steps do: one batch, then back to them */
+		may_prune = orphans_requeued && !claim_now;
+		if (may_prune && (prune_more || now >= next_prune_at))
+		{
+			prune_more = retention_prune();
+			next_prune_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+		}
+
 		pace_ms = release_paced();
-		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))
+		if (finished != NIL || (prune_more && may_prune) ||
+			(claim_now && active_jobs < celloattr_max_in_flight))
 			timeout_ms = 0;
 		else
 		{
