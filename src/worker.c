@@ -15,8 +15,9 @@
  * provider's bucket until its Retry-After has passed.
  *
  * When no due step is left to claim, the worker deletes rows older than
- * celloattr.retention (retention.c): a batch per table and loop while old
- * rows remain, then again after poll_interval.
+ * celloattr.retention (retention.c): a batch per table, again and again
+ * (with a rest as long as each round) while full batches come back, then
+ * again after poll_interval.
  *
  *-------------------------------------------------------------------------
  */
@@ -375,23 +376,35 @@ celloattr_worker_main(Datum main_arg)
 			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
 		}
 
-		/* old rows wait while due steps do: one batch, then back to them */
+		/*
+		 * Old rows wait while due steps do.  While many are left, the worker
+		 * rests after each round as long as the round took, so that deleting
+		 * them takes at most half its time (half a core).
+		 */
 		may_prune = orphans_requeued && !claim_now;
-		if (may_prune && (prune_more || now >= next_prune_at))
+		if (may_prune && now >= next_prune_at)
 		{
+			TimestampTz started = GetCurrentTimestamp();
+			TimestampTz ended;
+
 			prune_more = retention_prune();
-			next_prune_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+			ended = GetCurrentTimestamp();
+			next_prune_at = prune_more ? ended + (ended - started) :
+				now + (TimestampTz) celloattr_poll_interval * 1000;
 		}
 
 		pace_ms = release_paced();
-		if (finished != NIL || (prune_more && may_prune) ||
-			(claim_now && active_jobs < celloattr_max_in_flight))
+		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))
 			timeout_ms = 0;
 		else
 		{
-			long		until_claim = (long) ((next_claim_at - GetCurrentTimestamp()) / 1000);
+			TimestampTz wake_at = next_claim_at;
+			long		until_wake;
 
-			timeout_ms = Max(0, Min(timeout_ms, until_claim));
+			if (prune_more && may_prune)
+				wake_at = Min(wake_at, next_prune_at);
+			until_wake = (long) ((wake_at - GetCurrentTimestamp()) / 1000);
+			timeout_ms = Max(0, Min(timeout_ms, until_wake));
 			if (pace_ms >= 0)
 				timeout_ms = Min(timeout_ms, pace_ms);
 		}
