@@ -139,7 +139,7 @@ prune_batch(PruneTarget *t)
 		/* autovacuum must learn of the dead rows to reclaim their space */
 		pgstat_report_stat(false);
 		ereport(DEBUG1,
-				(errmsg("celloattr worker: deleted %d %s older than %d min",
+				(errmsg("celloattr worker: deleted %d %s, older than celloattr.retention (%d min)",
 						deleted, t->what, celloattr_retention)));
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -154,7 +154,7 @@ is($node->safe_psql($db, 'SELECT celloattr.retry(10)'),
 my $log = slurp_file($node->logfile, $log_offset);
 my %batches;
 push @{ $batches{$2} }, $1
-  while $log =~ /celloattr worker: deleted (\d+) (.+?) older than 1440 min/g;
+  while $log =~ /celloattr worker: deleted (\d+) (.+?), older than celloattr.retention \(1440 min\)/g;
 is(join(',', @{ $batches{'HTTP log rows'} // [] }), '10,10,5',
 	'25 HTTP log rows in batches of at most 10');
 is(join(',', @{ $batches{'done steps'} // [] }), '10,10,6',
