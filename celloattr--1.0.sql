@@ -80,6 +80,16 @@ CREATE TABLE celloattr.jobs (
 CREATE INDEX jobs_due ON celloattr.jobs (next_attempt_at, id) WHERE state = 'queued';
 CREATE INDEX jobs_leased ON celloattr.jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_attribution ON celloattr.jobs (attribution_id, stage);
+/*
+ * The worker's retention (celloattr.retention) deletes old finished steps
+ * oldest first, a batch at a time: each batch reads the head of one of
+ * these, however many finished rows have accumulated.  Steps that are done
+ * can always go; the others only once their repair is over for good.
+ */
+CREATE INDEX jobs_done_at ON celloattr.jobs (finished_at)
+	WHERE state IN ('done', 'support');
+CREATE INDEX jobs_ended_at ON celloattr.jobs ((coalesce(finished_at, created_at)))
+	WHERE state IN ('cancelled', 'failed', 'planned');
 
 /* Transactions registered for the Cello API path (cello_transaction). */
 CREATE TABLE celloattr.transactions (
@@ -146,6 +156,7 @@ CREATE TABLE celloattr.http_log (
 );
 CREATE INDEX http_log_job ON celloattr.http_log (job_id);
 CREATE INDEX http_log_attribution ON celloattr.http_log (attribution_id);
+/* ...also the retention's order: oldest first */
 CREATE INDEX http_log_started ON celloattr.http_log (started_at);
 
 /* The data belongs to the user: pg_dump keeps it. */

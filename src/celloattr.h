@@ -52,6 +52,8 @@ extern int	celloattr_log_body_limit;	/* bytes */
 extern double celloattr_stripe_rate_limit;	/* requests per second */
 extern double celloattr_chargebee_rate_limit;	/* requests per minute */
 extern double celloattr_cello_rate_limit;	/* requests per second */
+extern int	celloattr_retention;	/* minutes, 0: forever */
+extern int	celloattr_retention_batch;
 
 extern void celloattr_define_gucs(bool preloading);
 

@@ -48,6 +48,8 @@ int			celloattr_log_body_limit = 8192;
 double		celloattr_stripe_rate_limit = 25;
 double		celloattr_chargebee_rate_limit = 120;
 double		celloattr_cello_rate_limit = 10;
+int			celloattr_retention = 30 * MINS_PER_HOUR * HOURS_PER_DAY;
+int			celloattr_retention_batch = 1000;
 
 #define SECRET_FLAGS (GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
 
@@ -181,6 +183,16 @@ celloattr_define_gucs(bool preloading)
 							 "Most Cello API requests per second (0: no pacing).",
 							 NULL, &celloattr_cello_rate_limit, 10, 0, 10000,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("celloattr.retention",
+							"Age after which the worker deletes HTTP log rows and finished steps (0: keep them forever).",
+							NULL, &celloattr_retention, 30 * MINS_PER_HOUR * HOURS_PER_DAY,
+							0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
+	DefineCustomIntVariable("celloattr.retention_batch",
+							"Most rows of one table the worker deletes in one transaction when pruning.",
+							NULL, &celloattr_retention_batch, 1000, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("celloattr");
 }

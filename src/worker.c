@@ -14,6 +14,11 @@
  * so a backlog never exceeds the configured rate; a 429 also closes the
  * provider's bucket until its Retry-After has passed.
  *
+ * When no due step is left to claim, the worker deletes rows older than
+ * celloattr.retention (retention.c): a batch per table, again and again
+ * (with a rest as long as each round) while full batches come back, then
+ * again after poll_interval.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -283,7 +288,9 @@ celloattr_worker_main(Datum main_arg)
 	MemoryContext loop_cxt;
 	bool		claim_now = true;
 	bool		orphans_requeued = false;
+	bool		prune_more = false;
 	TimestampTz next_claim_at = 0;
+	TimestampTz next_prune_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -318,6 +325,7 @@ celloattr_worker_main(Datum main_arg)
 	{
 		long		timeout_ms = celloattr_poll_interval;
 		long		pace_ms;
+		bool		may_prune;
 		TimestampTz now;
 
 		CHECK_FOR_INTERRUPTS();
@@ -368,14 +376,35 @@ celloattr_worker_main(Datum main_arg)
 			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
 		}
 
+		/*
+		 * Old rows wait while due steps do.  While many are left, the worker
+		 * rests after each round as long as the round took, so that deleting
+		 * them takes at most half its time (half a core).
+		 */
+		may_prune = orphans_requeued && !claim_now;
+		if (may_prune && now >= next_prune_at)
+		{
+			TimestampTz started = GetCurrentTimestamp();
+			TimestampTz ended;
+
+			prune_more = retention_prune();
+			ended = GetCurrentTimestamp();
+			next_prune_at = prune_more ? ended + (ended - started) :
+				now + (TimestampTz) celloattr_poll_interval * 1000;
+		}
+
 		pace_ms = release_paced();
 		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))
 			timeout_ms = 0;
 		else
 		{
-			long		until_claim = (long) ((next_claim_at - GetCurrentTimestamp()) / 1000);
+			TimestampTz wake_at = next_claim_at;
+			long		until_wake;
 
-			timeout_ms = Max(0, Min(timeout_ms, until_claim));
+			if (prune_more && may_prune)
+				wake_at = Min(wake_at, next_prune_at);
+			until_wake = (long) ((wake_at - GetCurrentTimestamp()) / 1000);
+			timeout_ms = Max(0, Min(timeout_ms, until_wake));
 			if (pace_ms >= 0)
 				timeout_ms = Min(timeout_ms, pace_ms);
 		}

@@ -25,4 +25,8 @@ extern bool queue_requeue_orphans(void);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 extern bool queue_record_batch(List *jobs);
 
+/* retention.c: deletes rows older than celloattr.retention, a batch at a
+ * time; true if more may be left. */
+extern bool retention_prune(void);
+
 #endif							/* CELLOATTR_WORKER_H */
