@@ -13,6 +13,7 @@ OBJS = \
 	src/launcher.o \
 	src/worker.o \
 	src/queue.o \
+	src/record.o \
 	src/http.o \
 	src/job.o \
 	src/json.o \

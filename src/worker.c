@@ -32,6 +32,7 @@
 
 #include "celloattr.h"
 #include "http.h"
+#include "record.h"
 #include "worker.h"
 
 /* Seconds a step waits after a local shortage (descriptors, memory)... */
@@ -245,7 +246,7 @@ record_finished(void)
 
 	if (finished == NIL)
 		return false;
-	if (!queue_record_batch(finished))
+	if (!record_outcomes(finished))
 	{
 		/* busy tables: try again next time round, unless they are gone */
 		if (queue_extension_ready())
@@ -309,7 +310,7 @@ celloattr_worker_main(Datum main_arg)
 	/*
 	 * Losing the last outcomes in a crash only makes their steps run again
 	 * with the same idempotency keys: no need to wait for each flush.
-	 * Steps that are not replay-safe commit synchronously (queue.c).
+	 * Steps that are not replay-safe commit synchronously (record.c).
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
