@@ -60,7 +60,8 @@ static HttpEngine *engine = NULL;
 static MemoryContext jobs_cxt = NULL;
 static dlist_head waiting_for_pace = DLIST_STATIC_INIT(waiting_for_pace);
 static List *finished = NIL;
-static int	active_jobs = 0;	/* claimed and not yet recorded */
+static int	running = 0;		/* claimed steps not finished: each holds a
+								 * transfer (in flight or waiting for pace) */
 
 static Pace *
 pace_of(const char *provider)
@@ -115,6 +116,7 @@ finish(Job *job)
 
 	finished = lappend(finished, job);
 	MemoryContextSwitchTo(old);
+	running--;
 }
 
 /*
@@ -178,7 +180,7 @@ start_job(Job *job)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
-	active_jobs++;
+	running++;
 	if (job->ops == NULL)
 		job_fail(job, "unknown step kind \"%s\"", job->kind);
 	else
@@ -254,10 +256,7 @@ record_finished(void)
 	}
 	/* recorded, or the extension and its queue are gone */
 	foreach(lc, finished)
-	{
-		active_jobs--;
 		MemoryContextDelete(((Job *) lfirst(lc))->cxt);
-	}
 	list_free(finished);
 	finished = NIL;
 	if (celloattr_shared)
@@ -332,9 +331,6 @@ celloattr_worker_main(Datum main_arg)
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
 
-		if (finished != NIL && record_finished())
-			claim_now = true;
-
 		/* until done, nothing is claimed: an orphan must not wait behind new work */
 		if (!orphans_requeued && queue_extension_ready() && queue_requeue_orphans())
 		{
@@ -342,14 +338,19 @@ celloattr_worker_main(Datum main_arg)
 			claim_now = true;
 		}
 
+		/*
+		 * Claim before recording: the transfer slots of steps that just
+		 * finished go to new steps at once, and their outcomes are written
+		 * while the new requests are out.
+		 */
 		now = GetCurrentTimestamp();
 		if (now >= next_claim_at)
 			claim_now = true;
 		if (claim_now && orphans_requeued && !celloattr_paused &&
-			active_jobs < celloattr_max_in_flight)
+			running < celloattr_max_in_flight)
 		{
 			double		next_due;
-			int			room = celloattr_max_in_flight - active_jobs;
+			int			room = celloattr_max_in_flight - running;
 			List	   *jobs = queue_claim(room, jobs_cxt, &next_due);
 			ListCell   *lc;
 
@@ -366,7 +367,12 @@ celloattr_worker_main(Datum main_arg)
 			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
 
 		pace_ms = release_paced();
-		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))
+		http_engine_send_added(engine);
+
+		if (finished != NIL && record_finished())
+			claim_now = true;
+
+		if (finished != NIL || (claim_now && running < celloattr_max_in_flight))
 			timeout_ms = 0;
 		else
 		{
@@ -386,6 +392,6 @@ celloattr_worker_main(Datum main_arg)
 	 * stay 'running' and are claimed again (same keys) by the next worker */
 	if (finished != NIL)
 		record_finished();
-	elog(LOG, "celloattr worker stopping with %d step(s) in flight", active_jobs);
+	elog(LOG, "celloattr worker stopping with %d step(s) in flight", running);
 	proc_exit(0);
 }
