@@ -113,18 +113,10 @@ column_holds_int8(const Column *c, int64 value)
 	return false;
 }
 
-/*
- * Run a statement whose parameters $1..$ncols are the columns, as arrays;
- * prepared the first time.
- */
+/* The columns as parameters of a statement: arrays, their types and values. */
 static void
-execute_columns(SPIPlanPtr *plan, const char *sql, Column *cols, int ncols,
-				int expected)
+column_params(Column *cols, int ncols, Oid *types, Datum *values)
 {
-	Oid			types[MAX_COLUMNS];
-	Datum		values[MAX_COLUMNS];
-
-	Assert(ncols <= MAX_COLUMNS);
 	for (int i = 0; i < ncols; i++)
 	{
 		int16		typlen;
@@ -139,6 +131,21 @@ execute_columns(SPIPlanPtr *plan, const char *sql, Column *cols, int ncols,
 													   1, dims, lbs, cols[i].type,
 													   typlen, typbyval, typalign));
 	}
+}
+
+/*
+ * Run a statement whose parameters $1..$ncols are the columns; prepared
+ * the first time.
+ */
+static void
+execute_columns(SPIPlanPtr *plan, const char *sql, Column *cols, int ncols,
+				int expected)
+{
+	Oid			types[MAX_COLUMNS];
+	Datum		values[MAX_COLUMNS];
+
+	Assert(ncols <= MAX_COLUMNS);
+	column_params(cols, ncols, types, values);
 	celloattr_prepare(plan, sql, ncols, types);
 	celloattr_execute(*plan, values, NULL, expected);
 }
@@ -338,11 +345,13 @@ lock_attributions(Job **jobs, int njobs)
 static void
 finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 {
-	static const Oid types[7] = {INT8OID, TEXTOID, INT4OID, FLOAT8OID, INT4OID,
+	static const Oid col_types[7] = {INT8OID, TEXTOID, INT4OID, FLOAT8OID, INT4OID,
 		TEXTOID, TEXTOID};
 	Column		cols[7];
+	Oid			types[8];
+	Datum		values[8];
 
-	columns_init(cols, types, lengthof(cols), njobs);
+	columns_init(cols, col_types, lengthof(cols), njobs);
 	for (int i = 0; i < njobs; i++)
 	{
 		Job		   *job = jobs[i];
@@ -356,7 +365,16 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 		column_text(&cols[6], job->result);
 		stages[i] = -1;
 	}
-	execute_columns(&finish_plan,
+	column_params(cols, lengthof(cols), types, values);
+
+	/*
+	 * The state the row must still be in comes as a parameter: as a constant
+	 * it would let the plan read every running step through jobs_leased,
+	 * whose dead entries pile up between vacuums, instead of each by id.
+	 */
+	types[7] = TEXTOID;
+	values[7] = CStringGetTextDatum("running");
+	celloattr_prepare(&finish_plan,
 			"UPDATE celloattr.jobs j"
 			"   SET state = o.state, attempts = j.attempts - o.refund, lease_until = NULL,"
 			"       next_attempt_at = now() + make_interval(secs => o.delay),"
@@ -365,9 +383,10 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 			"       finished_at = CASE WHEN o.state IN ('done', 'failed', 'support') THEN now() END"
 			"  FROM unnest($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY"
 			"       AS o(id, state, refund, delay, status, error, result, n)"
-			" WHERE j.id = o.id AND j.state = 'running'"
+			" WHERE j.id = o.id AND j.state = $8"
 			" RETURNING o.n, j.stage",
-			cols, lengthof(cols), SPI_OK_UPDATE_RETURNING);
+			lengthof(types), types);
+	celloattr_execute(finish_plan, values, NULL, SPI_OK_UPDATE_RETURNING);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[r];
@@ -569,6 +588,14 @@ move_attributions_on(Job **jobs, const int16 *stages, int njobs)
 			&ids, 1, SPI_OK_UPDATE);
 }
 
+/* A setting for the rest of the transaction. */
+static void
+set_local(const char *name, const char *value)
+{
+	(void) set_config_option(name, value, PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
 /*
  * The worker commits asynchronously (see worker.c); a batch holding the
  * outcome of a step that is not replay-safe commits synchronously, so an
@@ -589,6 +616,16 @@ record_outcomes(List *jobs)
 		return true;
 	if (!queue_begin("recording outcomes"))
 		return false;
+
+	/*
+	 * Each statement below reaches a batch's rows by key.  Its plan is made
+	 * once, perhaps while the queue is nearly empty and scanning or hashing
+	 * a whole table looks cheapest, and kept as the table grows, until
+	 * autovacuum next analyzes it: only index lookups suit every size.
+	 */
+	set_local("enable_seqscan", "off");
+	set_local("enable_hashjoin", "off");
+	set_local("enable_mergejoin", "off");
 
 	job_at = palloc(njobs * sizeof(Job *));
 	outcomes = palloc(njobs * sizeof(Outcome));
@@ -613,8 +650,7 @@ record_outcomes(List *jobs)
 	move_attributions_on(job_at, stages, njobs);
 
 	if (!replay_safe)
-		(void) set_config_option("synchronous_commit", "on", PGC_SUSET,
-								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		set_local("synchronous_commit", "on");
 	queue_commit();
 	return true;
 }
