@@ -22,10 +22,8 @@
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -33,19 +31,6 @@
 #include "providers.h"
 #include "record.h"
 #include "worker.h"
-
-/* The most columns a statement below passes. */
-#define MAX_COLUMNS 13
-
-/* One column of a batch's rows: a parameter of a set-based statement. */
-typedef struct Column
-{
-	Oid			type;			/* of the elements */
-	int			n;
-	int			cap;
-	Datum	   *values;
-	bool	   *nulls;
-} Column;
 
 /* How a step's row changes for its verdict. */
 typedef struct Outcome
@@ -64,90 +49,13 @@ static SPIPlanPtr support_plan = NULL;
 static SPIPlanPtr promote_plan = NULL;
 static SPIPlanPtr settle_plan = NULL;
 
-/* ------------------------------------------------------------- columns */
-
-static void
-column_init(Column *c, Oid type, int cap)
-{
-	c->type = type;
-	c->n = 0;
-	c->cap = Max(cap, 4);
-	c->values = palloc(c->cap * sizeof(Datum));
-	c->nulls = palloc(c->cap * sizeof(bool));
-}
-
-/* Columns of the given element types, for about cap rows. */
-static void
-columns_init(Column *cols, const Oid *types, int ncols, int cap)
-{
-	for (int i = 0; i < ncols; i++)
-		column_init(&cols[i], types[i], cap);
-}
-
-static void
-column_add(Column *c, Datum value, bool isnull)
-{
-	if (c->n == c->cap)
-	{
-		c->cap *= 2;
-		c->values = repalloc(c->values, c->cap * sizeof(Datum));
-		c->nulls = repalloc(c->nulls, c->cap * sizeof(bool));
-	}
-	c->values[c->n] = value;
-	c->nulls[c->n] = isnull;
-	c->n++;
-}
-
-static void
-column_text(Column *c, const char *s)
-{
-	column_add(c, s ? CStringGetTextDatum(s) : (Datum) 0, s == NULL);
-}
-
 static bool
-column_holds_int8(const Column *c, int64 value)
+column_holds_int8(const ArrayColumn *c, int64 value)
 {
 	for (int i = 0; i < c->n; i++)
 		if (DatumGetInt64(c->values[i]) == value)
 			return true;
 	return false;
-}
-
-/* The columns as parameters of a statement: arrays, their types and values. */
-static void
-column_params(Column *cols, int ncols, Oid *types, Datum *values)
-{
-	for (int i = 0; i < ncols; i++)
-	{
-		int16		typlen;
-		bool		typbyval;
-		char		typalign;
-		int			dims[1] = {cols[i].n};
-		int			lbs[1] = {1};
-
-		get_typlenbyvalalign(cols[i].type, &typlen, &typbyval, &typalign);
-		types[i] = get_array_type(cols[i].type);
-		values[i] = PointerGetDatum(construct_md_array(cols[i].values, cols[i].nulls,
-													   1, dims, lbs, cols[i].type,
-													   typlen, typbyval, typalign));
-	}
-}
-
-/*
- * Run a statement whose parameters $1..$ncols are the columns; prepared
- * the first time.
- */
-static void
-execute_columns(SPIPlanPtr *plan, const char *sql, Column *cols, int ncols,
-				int expected)
-{
-	Oid			types[MAX_COLUMNS];
-	Datum		values[MAX_COLUMNS];
-
-	Assert(ncols <= MAX_COLUMNS);
-	column_params(cols, ncols, types, values);
-	celloattr_prepare(plan, sql, ncols, types);
-	celloattr_execute(*plan, values, NULL, expected);
 }
 
 /* --------------------------------------------------------------- the log */
@@ -205,10 +113,10 @@ log_requests(List *jobs)
 {
 	static const Oid types[13] = {INT8OID, INT8OID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID};
-	Column		cols[13];
+	ArrayColumn		cols[13];
 	ListCell   *lc;
 
-	columns_init(cols, types, lengthof(cols), 2 * list_length(jobs));
+	celloattr_columns_init(cols, types, lengthof(cols), 2 * list_length(jobs));
 	foreach(lc, jobs)
 	{
 		Job		   *job = lfirst(lc);
@@ -218,27 +126,27 @@ log_requests(List *jobs)
 		{
 			HttpExchange *ex = lfirst(lc2);
 
-			column_add(&cols[0], Int64GetDatum(job->id), false);
-			column_add(&cols[1], Int64GetDatum(job->attribution_id), false);
-			column_add(&cols[2], Int32GetDatum(job->attempts), false);
-			column_text(&cols[3], ex->provider);
-			column_text(&cols[4], ex->method);
-			column_text(&cols[5], scrub(ex->url));
-			column_text(&cols[6], scrub(http_logged_headers(ex)));
-			column_text(&cols[7], scrub(clip(ex->body, ex->body_len)));
+			celloattr_column_add(&cols[0], Int64GetDatum(job->id), false);
+			celloattr_column_add(&cols[1], Int64GetDatum(job->attribution_id), false);
+			celloattr_column_add(&cols[2], Int32GetDatum(job->attempts), false);
+			celloattr_column_text(&cols[3], ex->provider);
+			celloattr_column_text(&cols[4], ex->method);
+			celloattr_column_text(&cols[5], scrub(ex->url));
+			celloattr_column_text(&cols[6], scrub(http_logged_headers(ex)));
+			celloattr_column_text(&cols[7], scrub(clip(ex->body, ex->body_len)));
 			/* no status for a request that failed or never went out */
-			column_add(&cols[8], Int32GetDatum((int32) ex->status),
+			celloattr_column_add(&cols[8], Int32GetDatum((int32) ex->status),
 					   !ex->started_at || ex->error);
-			column_text(&cols[9], scrub(clip(ex->response, ex->response_len)));
-			column_text(&cols[10], scrub(ex->error));
-			column_add(&cols[11], TimestampTzGetDatum(ex->started_at ? ex->started_at
+			celloattr_column_text(&cols[9], scrub(clip(ex->response, ex->response_len)));
+			celloattr_column_text(&cols[10], scrub(ex->error));
+			celloattr_column_add(&cols[11], TimestampTzGetDatum(ex->started_at ? ex->started_at
 													  : GetCurrentTimestamp()), false);
-			column_add(&cols[12], Float8GetDatum(ex->duration_ms), false);
+			celloattr_column_add(&cols[12], Float8GetDatum(ex->duration_ms), false);
 		}
 	}
 	if (cols[0].n == 0)
 		return;
-	execute_columns(&log_plan,
+	celloattr_execute_columns(&log_plan,
 			"INSERT INTO celloattr.http_log (job_id, attribution_id, attempt, provider, method,"
 			"  url, request_headers, request_body, status, response_body, error, started_at,"
 			"  duration_ms)"
@@ -327,12 +235,12 @@ outcome_of(Job *job)
 static void
 lock_attributions(Job **jobs, int njobs)
 {
-	Column		ids;
+	ArrayColumn		ids;
 
-	column_init(&ids, INT8OID, njobs);
+	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
 	for (int i = 0; i < njobs; i++)
-		column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
-	execute_columns(&lock_plan,
+		celloattr_column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
+	celloattr_execute_columns(&lock_plan,
 			"SELECT 1 FROM celloattr.attributions WHERE id = ANY ($1) ORDER BY id FOR UPDATE",
 			&ids, 1, SPI_OK_SELECT);
 }
@@ -347,25 +255,25 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 {
 	static const Oid col_types[7] = {INT8OID, TEXTOID, INT4OID, FLOAT8OID, INT4OID,
 		TEXTOID, TEXTOID};
-	Column		cols[7];
+	ArrayColumn		cols[7];
 	Oid			types[8];
 	Datum		values[8];
 
-	columns_init(cols, col_types, lengthof(cols), njobs);
+	celloattr_columns_init(cols, col_types, lengthof(cols), njobs);
 	for (int i = 0; i < njobs; i++)
 	{
 		Job		   *job = jobs[i];
 
-		column_add(&cols[0], Int64GetDatum(job->id), false);
-		column_text(&cols[1], outcomes[i].state);
-		column_add(&cols[2], Int32GetDatum(outcomes[i].refund), false);
-		column_add(&cols[3], Float8GetDatum(outcomes[i].delay), false);
-		column_add(&cols[4], Int32GetDatum((int32) job->last_status), job->last_status == 0);
-		column_text(&cols[5], scrub(job->error));
-		column_text(&cols[6], job->result);
+		celloattr_column_add(&cols[0], Int64GetDatum(job->id), false);
+		celloattr_column_text(&cols[1], outcomes[i].state);
+		celloattr_column_add(&cols[2], Int32GetDatum(outcomes[i].refund), false);
+		celloattr_column_add(&cols[3], Float8GetDatum(outcomes[i].delay), false);
+		celloattr_column_add(&cols[4], Int32GetDatum((int32) job->last_status), job->last_status == 0);
+		celloattr_column_text(&cols[5], scrub(job->error));
+		celloattr_column_text(&cols[6], job->result);
 		stages[i] = -1;
 	}
-	column_params(cols, lengthof(cols), types, values);
+	celloattr_column_params(cols, lengthof(cols), types, values);
 
 	/*
 	 * The state the row must still be in comes as a parameter: as a constant
@@ -425,20 +333,20 @@ record_found(Job **jobs, const int16 *stages, int njobs)
 	}
 	while (left > 0)
 	{
-		Column		cols[3];
+		ArrayColumn		cols[3];
 
-		columns_init(cols, types, lengthof(cols), left);
+		celloattr_columns_init(cols, types, lengthof(cols), left);
 		for (int i = 0; i < njobs; i++)
 		{
 			if (!pending[i] || column_holds_int8(&cols[0], jobs[i]->attribution_id))
 				continue;
-			column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
-			column_text(&cols[1], jobs[i]->found_customer);
-			column_text(&cols[2], jobs[i]->plan);
+			celloattr_column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
+			celloattr_column_text(&cols[1], jobs[i]->found_customer);
+			celloattr_column_text(&cols[2], jobs[i]->plan);
 			pending[i] = false;
 			left--;
 		}
-		execute_columns(&found_plan,
+		celloattr_execute_columns(&found_plan,
 				"UPDATE celloattr.attributions a"
 				"   SET customer_id = coalesce(a.customer_id, f.customer),"
 				"       plan = a.plan || coalesce(f.plan::jsonb, '{}')"
@@ -453,9 +361,9 @@ static void
 record_follow_ups(Job **jobs, const int16 *stages, int njobs)
 {
 	static const Oid types[6] = {INT8OID, TEXTOID, INT2OID, TEXTOID, TEXTOID, TEXTOID};
-	Column		cols[6];
+	ArrayColumn		cols[6];
 
-	columns_init(cols, types, lengthof(cols), njobs);
+	celloattr_columns_init(cols, types, lengthof(cols), njobs);
 	for (int i = 0; i < njobs; i++)
 	{
 		ListCell   *lc;
@@ -466,17 +374,17 @@ record_follow_ups(Job **jobs, const int16 *stages, int njobs)
 		{
 			FollowUp   *f = lfirst(lc);
 
-			column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
-			column_text(&cols[1], f->kind);
-			column_add(&cols[2], Int16GetDatum(stages[i] + 1), false);
-			column_text(&cols[3], jobs[i]->dry_run && f->mutates ? "planned" : "queued");
-			column_text(&cols[4], f->payload);
-			column_text(&cols[5], f->key_suffix);
+			celloattr_column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
+			celloattr_column_text(&cols[1], f->kind);
+			celloattr_column_add(&cols[2], Int16GetDatum(stages[i] + 1), false);
+			celloattr_column_text(&cols[3], jobs[i]->dry_run && f->mutates ? "planned" : "queued");
+			celloattr_column_text(&cols[4], f->payload);
+			celloattr_column_text(&cols[5], f->key_suffix);
 		}
 	}
 	if (cols[0].n == 0)
 		return;
-	execute_columns(&follow_up_plan,
+	celloattr_execute_columns(&follow_up_plan,
 			"INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, payload, idempotency_key)"
 			" SELECT f.attribution_id, f.kind, f.stage, f.state, f.payload::jsonb,"
 			"        'ca-' || i.install_id || '-' || f.attribution_id || '-' || f.kind"
@@ -495,9 +403,9 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 {
 	static const Oid types[13] = {INT8OID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID,
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-	Column		cols[13];
+	ArrayColumn		cols[13];
 
-	columns_init(cols, types, lengthof(cols), 4);
+	celloattr_columns_init(cols, types, lengthof(cols), 4);
 	for (int i = 0; i < njobs; i++)
 	{
 		ListCell   *lc;
@@ -508,24 +416,24 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 		{
 			SupportItem *s = lfirst(lc);
 
-			column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
-			column_add(&cols[1], Int64GetDatum(jobs[i]->id), false);
-			column_add(&cols[2], Int64GetDatum(s->transaction_id), s->transaction_id == 0);
-			column_text(&cols[3], s->trigger);
-			column_add(&cols[4], TimestampTzGetDatum(s->event_timestamp), !s->has_timestamp);
-			column_text(&cols[5], s->price);
-			column_text(&cols[6], s->currency);
-			column_text(&cols[7], s->subscription_id);
-			column_text(&cols[8], s->invoice_id);
-			column_text(&cols[9], s->interval);
-			column_add(&cols[10], Int32GetDatum(s->seats), !s->has_seats);
-			column_text(&cols[11], s->product_key);
-			column_text(&cols[12], s->reason);
+			celloattr_column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
+			celloattr_column_add(&cols[1], Int64GetDatum(jobs[i]->id), false);
+			celloattr_column_add(&cols[2], Int64GetDatum(s->transaction_id), s->transaction_id == 0);
+			celloattr_column_text(&cols[3], s->trigger);
+			celloattr_column_add(&cols[4], TimestampTzGetDatum(s->event_timestamp), !s->has_timestamp);
+			celloattr_column_text(&cols[5], s->price);
+			celloattr_column_text(&cols[6], s->currency);
+			celloattr_column_text(&cols[7], s->subscription_id);
+			celloattr_column_text(&cols[8], s->invoice_id);
+			celloattr_column_text(&cols[9], s->interval);
+			celloattr_column_add(&cols[10], Int32GetDatum(s->seats), !s->has_seats);
+			celloattr_column_text(&cols[11], s->product_key);
+			celloattr_column_text(&cols[12], s->reason);
 		}
 	}
 	if (cols[0].n == 0)
 		return;
-	execute_columns(&support_plan,
+	celloattr_execute_columns(&support_plan,
 			"INSERT INTO celloattr.support_items (attribution_id, job_id, transaction_id, trigger,"
 			"  event_timestamp, price, currency, subscription_id, invoice_id, interval, seats,"
 			"  product_key, reason)"
@@ -548,16 +456,16 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 static void
 move_attributions_on(Job **jobs, const int16 *stages, int njobs)
 {
-	Column		ids;
+	ArrayColumn		ids;
 
-	column_init(&ids, INT8OID, njobs);
+	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
 	for (int i = 0; i < njobs; i++)
 		if (stages[i] >= 0 && !column_holds_int8(&ids, jobs[i]->attribution_id))
-			column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
+			celloattr_column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
 	if (ids.n == 0)
 		return;
 
-	execute_columns(&promote_plan,
+	celloattr_execute_columns(&promote_plan,
 			"UPDATE celloattr.jobs w SET state = 'queued', next_attempt_at = now()"
 			" WHERE w.attribution_id = ANY ($1) AND w.state = 'waiting'"
 			"   AND NOT EXISTS (SELECT 1 FROM celloattr.jobs p"
@@ -565,7 +473,7 @@ move_attributions_on(Job **jobs, const int16 *stages, int njobs)
 			"                      AND p.state NOT IN ('done', 'support', 'planned'))",
 			&ids, 1, SPI_OK_UPDATE);
 
-	execute_columns(&settle_plan,
+	celloattr_execute_columns(&settle_plan,
 			"WITH s AS ("
 			"  SELECT attribution_id AS id,"
 			"         count(*) FILTER (WHERE state IN ('queued', 'running')) AS active,"
