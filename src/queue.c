@@ -182,8 +182,8 @@ job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
 
 /*
  * Claim up to max_jobs due steps (state 'running', one more attempt, a
- * lease) and commit.  *next_due is set to the seconds until the next step
- * that is not due yet falls due (at most cap).
+ * lease) and commit.  *next_due is set to the seconds until the next queued
+ * step falls due, or -1: none, or the claim was full.
  */
 List *
 queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
@@ -236,14 +236,18 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 		MemoryContextSwitchTo(old);
 	}
 
-	celloattr_prepare(&next_due_plan,
-			"SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
-			"  FROM celloattr.jobs WHERE state = 'queued'",
-			0, NULL);
-	celloattr_execute(next_due_plan, NULL, NULL, SPI_OK_SELECT);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		*next_due = Max(0.0, DatumGetFloat8(d));
+	/* after a full claim the worker claims again as soon as it has room */
+	if (list_length(jobs) < max_jobs)
+	{
+		celloattr_prepare(&next_due_plan,
+				"SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
+				"  FROM celloattr.jobs WHERE state = 'queued'",
+				0, NULL);
+		celloattr_execute(next_due_plan, NULL, NULL, SPI_OK_SELECT);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			*next_due = Max(0.0, DatumGetFloat8(d));
+	}
 
 	queue_commit();
 	return jobs;
