@@ -113,7 +113,7 @@ log_requests(List *jobs)
 {
 	static const Oid types[13] = {INT8OID, INT8OID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID};
-	ArrayColumn		cols[13];
+	ArrayColumn cols[13];
 	ListCell   *lc;
 
 	celloattr_columns_init(cols, types, lengthof(cols), 2 * list_length(jobs));
@@ -136,11 +136,13 @@ log_requests(List *jobs)
 			celloattr_column_text(&cols[7], scrub(clip(ex->body, ex->body_len)));
 			/* no status for a request that failed or never went out */
 			celloattr_column_add(&cols[8], Int32GetDatum((int32) ex->status),
-					   !ex->started_at || ex->error);
+								 !ex->started_at || ex->error);
 			celloattr_column_text(&cols[9], scrub(clip(ex->response, ex->response_len)));
 			celloattr_column_text(&cols[10], scrub(ex->error));
-			celloattr_column_add(&cols[11], TimestampTzGetDatum(ex->started_at ? ex->started_at
-													  : GetCurrentTimestamp()), false);
+			celloattr_column_add(&cols[11],
+								 TimestampTzGetDatum(ex->started_at ? ex->started_at
+													 : GetCurrentTimestamp()),
+								 false);
 			celloattr_column_add(&cols[12], Float8GetDatum(ex->duration_ms), false);
 		}
 	}
@@ -235,7 +237,7 @@ outcome_of(Job *job)
 static void
 lock_attributions(Job **jobs, int njobs)
 {
-	ArrayColumn		ids;
+	ArrayColumn ids;
 
 	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
 	for (int i = 0; i < njobs; i++)
@@ -255,7 +257,7 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 {
 	static const Oid col_types[7] = {INT8OID, TEXTOID, INT4OID, FLOAT8OID, INT4OID,
 		TEXTOID, TEXTOID};
-	ArrayColumn		cols[7];
+	ArrayColumn cols[7];
 	Oid			types[8];
 	Datum		values[8];
 
@@ -268,7 +270,8 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 		celloattr_column_text(&cols[1], outcomes[i].state);
 		celloattr_column_add(&cols[2], Int32GetDatum(outcomes[i].refund), false);
 		celloattr_column_add(&cols[3], Float8GetDatum(outcomes[i].delay), false);
-		celloattr_column_add(&cols[4], Int32GetDatum((int32) job->last_status), job->last_status == 0);
+		celloattr_column_add(&cols[4], Int32GetDatum((int32) job->last_status),
+							 job->last_status == 0);
 		celloattr_column_text(&cols[5], scrub(job->error));
 		celloattr_column_text(&cols[6], job->result);
 		stages[i] = -1;
@@ -333,7 +336,7 @@ record_found(Job **jobs, const int16 *stages, int njobs)
 	}
 	while (left > 0)
 	{
-		ArrayColumn		cols[3];
+		ArrayColumn cols[3];
 
 		celloattr_columns_init(cols, types, lengthof(cols), left);
 		for (int i = 0; i < njobs; i++)
@@ -361,7 +364,7 @@ static void
 record_follow_ups(Job **jobs, const int16 *stages, int njobs)
 {
 	static const Oid types[6] = {INT8OID, TEXTOID, INT2OID, TEXTOID, TEXTOID, TEXTOID};
-	ArrayColumn		cols[6];
+	ArrayColumn cols[6];
 
 	celloattr_columns_init(cols, types, lengthof(cols), njobs);
 	for (int i = 0; i < njobs; i++)
@@ -403,7 +406,7 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 {
 	static const Oid types[13] = {INT8OID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID,
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-	ArrayColumn		cols[13];
+	ArrayColumn cols[13];
 
 	celloattr_columns_init(cols, types, lengthof(cols), 4);
 	for (int i = 0; i < njobs; i++)
@@ -456,7 +459,7 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 static void
 move_attributions_on(Job **jobs, const int16 *stages, int njobs)
 {
-	ArrayColumn		ids;
+	ArrayColumn ids;
 
 	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
 	for (int i = 0; i < njobs; i++)

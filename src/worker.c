@@ -40,6 +40,9 @@
 /* ...unless transfers in flight will free one: then it waits in memory. */
 #define SHORTAGE_RETRY_MS 20
 
+/* Ms before outcomes are written again when the queue's tables were busy. */
+#define RECORD_RETRY_MS 10
+
 typedef struct Pace
 {
 	const char *provider;
@@ -372,7 +375,7 @@ celloattr_worker_main(Datum main_arg)
 		if (finished != NIL && record_finished())
 			claim_now = true;
 
-		if (finished != NIL || (claim_now && running < celloattr_max_in_flight))
+		if (claim_now && running < celloattr_max_in_flight)
 			timeout_ms = 0;
 		else
 		{
@@ -382,6 +385,9 @@ celloattr_worker_main(Datum main_arg)
 			if (pace_ms >= 0)
 				timeout_ms = Min(timeout_ms, pace_ms);
 		}
+		/* not written (a TRUNCATE or DROP holds the tables): soon, not in a spin */
+		if (finished != NIL)
+			timeout_ms = Min(timeout_ms, RECORD_RETRY_MS);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		if (http_engine_wait(engine, timeout_ms))
