@@ -15,6 +15,7 @@ OBJS = \
 	src/launcher.o \
 	src/worker.o \
 	src/queue.o \
+	src/record.o \
 	src/retention.o \
 	src/http.o \
 	src/job.o \

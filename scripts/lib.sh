@@ -79,11 +79,22 @@ as_test_user() {
 	fi
 }
 
+# as_test_user for a background process: "as_test_user_exec CMD &" makes $!
+# the command itself (runuser passes a kill on), where a backgrounded
+# function is a subshell whose kill would leave the command running.
+as_test_user_exec() {
+	if [ "$(id -u)" = 0 ]; then
+		exec runuser -u "$TEST_USER" -- "$@"
+	else
+		exec "$@"
+	fi
+}
+
 # Start the local Stripe/Chargebee/Cello fake on a free port; sets FAKE_PID, FAKE_PORT.
 start_fake() {
 	local dir=$1
 	rm -f "$dir/fake.port"
-	as_test_user "$PYTHON" "$dir/test/fake/fake_api.py" --port 0 --port-file "$dir/fake.port" \
+	as_test_user_exec "$PYTHON" "$dir/test/fake/fake_api.py" --port 0 --port-file "$dir/fake.port" \
 		--stripe-spec "$dir/specs-shared/stripe-spec3-2020-08-27.json" \
 		--stripe-fixtures "$dir/specs-shared/stripe-fixtures3.json" \
 		--log "$dir/fake.log" >"$dir/fake.out" 2>&1 9>&- &

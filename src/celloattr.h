@@ -188,6 +188,38 @@ extern struct _SPI_plan *celloattr_prepare_replanned(struct _SPI_plan **cache,
 extern int	celloattr_execute(struct _SPI_plan *plan, Datum *values,
 							  const char *nulls, int expected);
 
+/*
+ * A column of a batch of rows, passed to a statement as one array
+ * parameter; the statement turns the arrays back into rows with unnest().
+ * Its memory is the current context's.
+ */
+typedef struct ArrayColumn
+{
+	Oid			type;			/* of the elements */
+	int			n;
+	int			cap;
+	Datum	   *values;
+	bool	   *nulls;
+} ArrayColumn;
+
+#define ARRAY_COLUMNS_MAX 16
+
+/* Empty columns of the given element types, room for about cap rows. */
+extern void celloattr_columns_init(ArrayColumn *cols, const Oid *types,
+								   int ncols, int cap);
+extern void celloattr_column_add(ArrayColumn *c, Datum value, bool isnull);
+/* A C string (or NULL) as the column's next text value. */
+extern void celloattr_column_text(ArrayColumn *c, const char *s);
+
+/* The columns as parameters: each an array, its type in types[]. */
+extern void celloattr_column_params(ArrayColumn *cols, int ncols, Oid *types,
+									Datum *values);
+
+/* Prepare once (generic plan) and run a statement whose parameters
+ * $1..$ncols are the columns; ERROR unless SPI answers expected. */
+extern int	celloattr_execute_columns(struct _SPI_plan **cache, const char *sql,
+									  ArrayColumn *cols, int ncols, int expected);
+
 /* A C string (or NULL) as a text parameter and its null flag. */
 extern Datum celloattr_text_datum(const char *s, char *null);
 

@@ -47,6 +47,7 @@ struct HttpEngine
 	CURLM	   *multi;
 	HttpDoneCallback done;
 	int			in_flight;
+	bool		added;			/* transfers added that curl has not started */
 	WatchedSocket *sockets;		/* malloc'd: grown inside a curl callback */
 	int			nsockets;
 	int			maxsockets;
@@ -398,6 +399,7 @@ http_engine_add(HttpEngine *engine, HttpExchange *exchange)
 	}
 	exchange->handle = h;
 	engine->in_flight++;
+	engine->added = true;
 	return true;
 }
 
@@ -472,6 +474,20 @@ deliver_finished(HttpEngine *engine)
 			finish_transfer(engine, msg->easy_handle, msg->data.result);
 }
 
+void
+http_engine_send_added(HttpEngine *engine)
+{
+	int			running;
+
+	/* a transfer finished at once may issue another: loop until none did */
+	while (engine->added)
+	{
+		engine->added = false;
+		curl_multi_socket_action(engine->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		deliver_finished(engine);
+	}
+}
+
 static void
 rebuild_wait_set(HttpEngine *engine)
 {
@@ -535,6 +551,8 @@ http_engine_wait(HttpEngine *engine, long timeout_ms)
 		curl_multi_socket_action(engine->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 
 	deliver_finished(engine);
+	/* the next requests of the steps just answered go out before we return */
+	http_engine_send_added(engine);
 	if (engine->out_of_memory)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),

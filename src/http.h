@@ -66,6 +66,12 @@ extern void http_engine_destroy(HttpEngine *engine);
 /* Start a transfer; false (with exchange->error set) if it cannot start. */
 extern bool http_engine_add(HttpEngine *engine, HttpExchange *exchange);
 
+/*
+ * Send the requests of the transfers added since the last wait now rather
+ * than at the next wait: for a caller about to be busy for a while.
+ */
+extern void http_engine_send_added(HttpEngine *engine);
+
 /* Transfers in flight. */
 extern int	http_engine_in_flight(HttpEngine *engine);
 

@@ -11,6 +11,10 @@
  * The exception is a statement whose best plan depends on a parameter's
  * value (the worker's claim, LIMIT $1): it is planned for each call.
  *
+ * A statement may take a batch of rows at once, each column as an array
+ * parameter that unnest() turns back into rows: one execution, whatever
+ * the number of rows (ArrayColumn).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -18,7 +22,9 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "celloattr.h"
 
@@ -61,6 +67,72 @@ celloattr_execute(SPIPlanPtr plan, Datum *values, const char *nulls,
 		elog(ERROR, "celloattr: SPI_execute_plan returned %s",
 			 SPI_result_code_string(rc));
 	return (int) SPI_processed;
+}
+
+void
+celloattr_columns_init(ArrayColumn *cols, const Oid *types, int ncols, int cap)
+{
+	for (int i = 0; i < ncols; i++)
+	{
+		cols[i].type = types[i];
+		cols[i].n = 0;
+		cols[i].cap = Max(cap, 4);
+		cols[i].values = palloc(cols[i].cap * sizeof(Datum));
+		cols[i].nulls = palloc(cols[i].cap * sizeof(bool));
+	}
+}
+
+void
+celloattr_column_add(ArrayColumn *c, Datum value, bool isnull)
+{
+	if (c->n == c->cap)
+	{
+		c->cap *= 2;
+		c->values = repalloc(c->values, c->cap * sizeof(Datum));
+		c->nulls = repalloc(c->nulls, c->cap * sizeof(bool));
+	}
+	c->values[c->n] = value;
+	c->nulls[c->n] = isnull;
+	c->n++;
+}
+
+void
+celloattr_column_text(ArrayColumn *c, const char *s)
+{
+	celloattr_column_add(c, s ? CStringGetTextDatum(s) : (Datum) 0, s == NULL);
+}
+
+void
+celloattr_column_params(ArrayColumn *cols, int ncols, Oid *types, Datum *values)
+{
+	for (int i = 0; i < ncols; i++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		int			dims[1] = {cols[i].n};
+		int			lbs[1] = {1};
+
+		get_typlenbyvalalign(cols[i].type, &typlen, &typbyval, &typalign);
+		types[i] = get_array_type(cols[i].type);
+		values[i] = PointerGetDatum(construct_md_array(cols[i].values, cols[i].nulls,
+													   1, dims, lbs, cols[i].type,
+													   typlen, typbyval, typalign));
+	}
+}
+
+int
+celloattr_execute_columns(SPIPlanPtr *cache, const char *sql,
+						  ArrayColumn *cols, int ncols, int expected)
+{
+	Oid			types[ARRAY_COLUMNS_MAX];
+	Datum		values[ARRAY_COLUMNS_MAX];
+
+	if (ncols > ARRAY_COLUMNS_MAX)
+		elog(ERROR, "celloattr: %d array parameters, at most %d", ncols, ARRAY_COLUMNS_MAX);
+	celloattr_column_params(cols, ncols, types, values);
+	return celloattr_execute(celloattr_prepare(cache, sql, ncols, types),
+							 values, NULL, expected);
 }
 
 Datum

@@ -37,12 +37,16 @@
 
 #include "celloattr.h"
 #include "http.h"
+#include "record.h"
 #include "worker.h"
 
 /* Seconds a step waits after a local shortage (descriptors, memory)... */
 #define RESOURCE_SNOOZE_SECONDS 2.0
 /* ...unless transfers in flight will free one: then it waits in memory. */
 #define SHORTAGE_RETRY_MS 20
+
+/* Ms before outcomes are written again when the queue's tables were busy. */
+#define RECORD_RETRY_MS 10
 
 typedef struct Pace
 {
@@ -64,7 +68,8 @@ static HttpEngine *engine = NULL;
 static MemoryContext jobs_cxt = NULL;
 static dlist_head waiting_for_pace = DLIST_STATIC_INIT(waiting_for_pace);
 static List *finished = NIL;
-static int	active_jobs = 0;	/* claimed and not yet recorded */
+static int	running = 0;		/* claimed steps not finished: each holds a
+								 * transfer (in flight or waiting for pace) */
 
 static Pace *
 pace_of(const char *provider)
@@ -119,6 +124,7 @@ finish(Job *job)
 
 	finished = lappend(finished, job);
 	MemoryContextSwitchTo(old);
+	running--;
 }
 
 /*
@@ -182,7 +188,7 @@ start_job(Job *job)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
-	active_jobs++;
+	running++;
 	if (job->ops == NULL)
 		job_fail(job, "unknown step kind \"%s\"", job->kind);
 	else
@@ -250,7 +256,7 @@ record_finished(void)
 
 	if (finished == NIL)
 		return false;
-	if (!queue_record_batch(finished))
+	if (!record_outcomes(finished))
 	{
 		/* busy tables: try again next time round, unless they are gone */
 		if (queue_extension_ready())
@@ -258,10 +264,7 @@ record_finished(void)
 	}
 	/* recorded, or the extension and its queue are gone */
 	foreach(lc, finished)
-	{
-		active_jobs--;
 		MemoryContextDelete(((Job *) lfirst(lc))->cxt);
-	}
 	list_free(finished);
 	finished = NIL;
 	if (celloattr_shared)
@@ -316,7 +319,7 @@ celloattr_worker_main(Datum main_arg)
 	/*
 	 * Losing the last outcomes in a crash only makes their steps run again
 	 * with the same idempotency keys: no need to wait for each flush.
-	 * Steps that are not replay-safe commit synchronously (queue.c).
+	 * Steps that are not replay-safe commit synchronously (record.c).
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
@@ -339,9 +342,6 @@ celloattr_worker_main(Datum main_arg)
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
 
-		if (finished != NIL && record_finished())
-			claim_now = true;
-
 		/* until done, nothing is claimed: an orphan must not wait behind new work */
 		if (!orphans_requeued && queue_extension_ready() && queue_requeue_orphans())
 		{
@@ -349,14 +349,19 @@ celloattr_worker_main(Datum main_arg)
 			claim_now = true;
 		}
 
+		/*
+		 * Claim before recording: the transfer slots of steps that just
+		 * finished go to new steps at once, and their outcomes are written
+		 * while the new requests are out.
+		 */
 		now = GetCurrentTimestamp();
 		if (now >= next_claim_at)
 			claim_now = true;
 		if (claim_now && orphans_requeued && !celloattr_paused &&
-			active_jobs < celloattr_max_in_flight)
+			running < celloattr_max_in_flight)
 		{
 			double		next_due;
-			int			room = celloattr_max_in_flight - active_jobs;
+			int			room = celloattr_max_in_flight - running;
 			List	   *jobs = queue_claim(room, jobs_cxt, &next_due);
 			ListCell   *lc;
 
@@ -394,7 +399,12 @@ celloattr_worker_main(Datum main_arg)
 		}
 
 		pace_ms = release_paced();
-		if (finished != NIL || (claim_now && active_jobs < celloattr_max_in_flight))
+		http_engine_send_added(engine);
+
+		if (finished != NIL && record_finished())
+			claim_now = true;
+
+		if (claim_now && running < celloattr_max_in_flight)
 			timeout_ms = 0;
 		else
 		{
@@ -408,6 +418,9 @@ celloattr_worker_main(Datum main_arg)
 			if (pace_ms >= 0)
 				timeout_ms = Min(timeout_ms, pace_ms);
 		}
+		/* not written (a TRUNCATE or DROP holds the tables): soon, not in a spin */
+		if (finished != NIL)
+			timeout_ms = Min(timeout_ms, RECORD_RETRY_MS);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		if (http_engine_wait(engine, timeout_ms))
@@ -418,6 +431,6 @@ celloattr_worker_main(Datum main_arg)
 	 * stay 'running' and are claimed again (same keys) by the next worker */
 	if (finished != NIL)
 		record_finished();
-	elog(LOG, "celloattr worker stopping with %d step(s) in flight", active_jobs);
+	elog(LOG, "celloattr worker stopping with %d step(s) in flight", running);
 	proc_exit(0);
 }

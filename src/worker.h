@@ -19,11 +19,17 @@ extern void celloattr_register_launcher(void);
 PGDLLEXPORT void celloattr_launcher_main(Datum main_arg) pg_attribute_noreturn();
 PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();
 
-/* queue.c: the worker's short transactions on the queue tables. */
+/*
+ * queue.c: the worker's short transactions on the queue tables.  A
+ * transaction opened by queue_begin() (false: the tables could not be
+ * locked at once, nothing is open) runs SPI statements and ends with
+ * queue_commit().
+ */
+extern bool queue_begin(const char *activity);
+extern void queue_commit(void);
 extern bool queue_extension_ready(void);
 extern bool queue_requeue_orphans(void);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
-extern bool queue_record_batch(List *jobs);
 
 /* retention.c: deletes rows older than celloattr.retention, a batch at a
  * time; true if more may be left. */
