@@ -7,7 +7,7 @@
  * The launcher is connected to no database, so it can wait for one that
  * does not exist yet (or was dropped) without failing and being restarted
  * in a loop.  A DROP DATABASE of the worker's database asks the worker to
- * leave first (a ProcessUtility hook in every backend), so the drop does
+ * leave first (the utility hook of statement.c, in every backend), so the drop does
  * not fail on "being accessed by other users"; WITH (FORCE) terminates it
  * as it would any session.  Either way the launcher starts a new worker
  * once the database is back.
@@ -44,8 +44,6 @@
 #define RESTART_DELAY_MS 1000
 /* How long DROP DATABASE waits for the worker to leave. */
 #define DROP_WAIT_MS 10000
-
-static ProcessUtility_hook_type prev_process_utility = NULL;
 
 static void
 start_worker(Oid database, BackgroundWorkerHandle **handle)
@@ -167,57 +165,46 @@ celloattr_launcher_main(Datum main_arg)
 
 /*
  * DROP DATABASE of the worker's database: ask the worker to leave and wait
- * until it has, then let the drop proceed.  The launcher starts no worker
- * while the drop runs; if the drop fails, it starts one again.
+ * until it has, then let the drop proceed (statement.c calls this before
+ * each utility command, and celloattr_drop_database_end after it).  The
+ * launcher starts no worker while the drop runs; if the drop fails, it
+ * starts one again.  Returns whether the worker was asked to leave.
  */
-static void
-celloattr_process_utility(PlannedStmt *pstmt, const char *queryString,
-						  bool readOnlyTree, ProcessUtilityContext context,
-						  ParamListInfo params, QueryEnvironment *queryEnv,
-						  DestReceiver *dest, QueryCompletion *qc)
+bool
+celloattr_drop_database_begin(Node *stmt)
 {
-	Node	   *stmt = pstmt->utilityStmt;
-	volatile bool ours = IsA(stmt, DropdbStmt) && celloattr_database != NULL &&
-		strcmp(((DropdbStmt *) stmt)->dbname, celloattr_database) == 0;
+	Latch	   *latch;
 
-	if (ours)
+	if (!IsA(stmt, DropdbStmt) || celloattr_database == NULL ||
+		strcmp(((DropdbStmt *) stmt)->dbname, celloattr_database) != 0)
+		return false;
+
+	SpinLockAcquire(&celloattr_shared->mutex);
+	celloattr_shared->drop_requested = true;
+	latch = celloattr_shared->worker_latch;
+	SpinLockRelease(&celloattr_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+	for (int waited = 0; waited < DROP_WAIT_MS; waited += 10)
 	{
-		Latch	   *latch;
+		pid_t		pid;
 
 		SpinLockAcquire(&celloattr_shared->mutex);
-		celloattr_shared->drop_requested = true;
-		latch = celloattr_shared->worker_latch;
+		pid = celloattr_shared->worker_pid;
 		SpinLockRelease(&celloattr_shared->mutex);
-		if (latch)
-			SetLatch(latch);
-		for (int waited = 0; waited < DROP_WAIT_MS; waited += 10)
-		{
-			pid_t		pid;
+		if (pid == 0)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
+	return true;
+}
 
-			SpinLockAcquire(&celloattr_shared->mutex);
-			pid = celloattr_shared->worker_pid;
-			SpinLockRelease(&celloattr_shared->mutex);
-			if (pid == 0)
-				break;
-			CHECK_FOR_INTERRUPTS();
-			pg_usleep(10000L);
-		}
-	}
-	PG_TRY();
-	{
-		if (prev_process_utility)
-			prev_process_utility(pstmt, queryString, readOnlyTree, context,
-								 params, queryEnv, dest, qc);
-		else
-			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-									params, queryEnv, dest, qc);
-	}
-	PG_FINALLY();
-	{
-		if (ours)
-			celloattr_shared->drop_requested = false;
-	}
-	PG_END_TRY();
+void
+celloattr_drop_database_end(bool asked)
+{
+	if (asked)
+		celloattr_shared->drop_requested = false;
 }
 
 void
@@ -234,7 +221,4 @@ celloattr_register_launcher(void)
 	snprintf(w.bgw_name, BGW_MAXLEN, "celloattr launcher");
 	snprintf(w.bgw_type, BGW_MAXLEN, "celloattr launcher");
 	RegisterBackgroundWorker(&w);
-
-	prev_process_utility = ProcessUtility_hook;
-	ProcessUtility_hook = celloattr_process_utility;
 }

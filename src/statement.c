@@ -9,7 +9,8 @@
  * runs inside (a foreign key check, a function's query) ends.  A statement
  * that reads or writes a celloattr table, whoever runs it, first has the
  * batch written and sees it.  COPY FROM fires row triggers outside any
- * executor of its own, hence the utility hook.
+ * executor of its own, hence the utility hook (which also lets DROP
+ * DATABASE of the worker's database ask the worker to leave, launcher.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +23,7 @@
 
 #include "celloattr.h"
 #include "pending.h"
+#include "worker.h"
 
 int			celloattr_executor_depth = 0;
 
@@ -104,6 +106,8 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 						  ParamListInfo params, QueryEnvironment *queryEnv,
 						  DestReceiver *dest, QueryCompletion *qc)
 {
+	bool		asked_worker_to_leave = celloattr_drop_database_begin(pstmt->utilityStmt);
+
 	celloattr_executor_depth++;
 	PG_TRY();
 	{
@@ -117,6 +121,7 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 	PG_FINALLY();
 	{
 		celloattr_executor_depth--;
+		celloattr_drop_database_end(asked_worker_to_leave);
 	}
 	PG_END_TRY();
 	flush_if_finished();
