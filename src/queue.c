@@ -22,6 +22,7 @@
 #include "pgstat.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -185,6 +186,23 @@ job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
  * lease) and commit.  *next_due is set to the seconds until the next queued
  * step falls due, or -1: none, or the claim was full.
  */
+/*
+ * For the rest of the transaction, plan index lookups only.  The worker's
+ * statements reach a few rows by key; a plan made while the queue is nearly
+ * empty, or from statistics gathered while it was full of finished steps,
+ * can scan or hash a whole table instead, for every batch.
+ */
+void
+queue_plan_lookups_by_key(void)
+{
+	static const char *const settings[] = {"enable_seqscan", "enable_hashjoin",
+	"enable_mergejoin"};
+
+	for (int i = 0; i < (int) lengthof(settings); i++)
+		(void) set_config_option(settings[i], "off", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+}
+
 List *
 queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 {
@@ -197,6 +215,7 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	*next_due = -1;
 	if (!queue_begin("claiming due steps"))
 		return NIL;
+	queue_plan_lookups_by_key();
 
 	celloattr_prepare_replanned(&claim_plan,
 			"WITH claimed AS ("

@@ -500,13 +500,6 @@ move_attributions_on(Job **jobs, const int16 *stages, int njobs)
 }
 
 /* A setting for the rest of the transaction. */
-static void
-set_local(const char *name, const char *value)
-{
-	(void) set_config_option(name, value, PGC_SUSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
-}
-
 /*
  * The worker commits asynchronously (see worker.c); a batch holding the
  * outcome of a step that is not replay-safe commits synchronously, so an
@@ -528,15 +521,8 @@ record_outcomes(List *jobs)
 	if (!queue_begin("recording outcomes"))
 		return false;
 
-	/*
-	 * Each statement below reaches a batch's rows by key.  Its plan is made
-	 * once, perhaps while the queue is nearly empty and scanning or hashing
-	 * a whole table looks cheapest, and kept as the table grows, until
-	 * autovacuum next analyzes it: only index lookups suit every size.
-	 */
-	set_local("enable_seqscan", "off");
-	set_local("enable_hashjoin", "off");
-	set_local("enable_mergejoin", "off");
+	/* each statement below reaches a batch's rows by key */
+	queue_plan_lookups_by_key();
 
 	job_at = palloc(njobs * sizeof(Job *));
 	outcomes = palloc(njobs * sizeof(Outcome));
@@ -561,7 +547,8 @@ record_outcomes(List *jobs)
 	move_attributions_on(job_at, stages, njobs);
 
 	if (!replay_safe)
-		set_local("synchronous_commit", "on");
+		(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	queue_commit();
 	return true;
 }

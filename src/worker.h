@@ -37,6 +37,9 @@ extern bool queue_extension_ready(void);
 extern bool queue_requeue_orphans(void);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 
+/* For the rest of the transaction, plan index lookups only. */
+extern void queue_plan_lookups_by_key(void);
+
 /* retention.c: deletes rows older than celloattr.retention, a batch at a
  * time; true if more may be left. */
 extern bool retention_prune(void);
