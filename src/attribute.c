@@ -23,9 +23,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
@@ -99,18 +97,6 @@ plan_attribution(const AttributionRequest *req, bool signup_via_api,
 		add_step(a, "chargebee_customer", stage, false);
 }
 
-/* A text[] or int2[] of the plan's columns. */
-static Datum
-plan_array(Datum *elems, int n, Oid type)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_array(elems, n, type, typlen, typbyval, typalign));
-}
-
 /*
  * Insert the attribution and its first steps in one statement; returns its
  * id, or 0 when a live one for the same user and gateway exists already
@@ -126,18 +112,19 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 		TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
 		TEXTOID, INT8OID, INT8OID, TEXTARRAYOID, INT2ARRAYOID, TEXTARRAYOID,
 	TEXTOID, BOOLOID};
+	static const Oid step_types[3] = {TEXTOID, INT2OID, TEXTOID};
 	Datum		values[20];
 	char		nulls[20];
-	Datum		kinds[CELLOATTR_MAX_FIRST_STEPS];
-	Datum		stages[CELLOATTR_MAX_FIRST_STEPS];
-	Datum		states[CELLOATTR_MAX_FIRST_STEPS];
+	ArrayColumn steps[3];
+	Oid			step_array_types[3];
 	bool		isnull;
 
+	celloattr_columns_init(steps, step_types, 3, a->nsteps);
 	for (int i = 0; i < a->nsteps; i++)
 	{
-		kinds[i] = CStringGetTextDatum(a->steps[i].kind);
-		stages[i] = Int16GetDatum(a->steps[i].stage);
-		states[i] = CStringGetTextDatum(a->steps[i].state);
+		celloattr_column_text(&steps[0], a->steps[i].kind);
+		celloattr_column_add(&steps[1], Int16GetDatum(a->steps[i].stage), false);
+		celloattr_column_text(&steps[2], a->steps[i].state);
 	}
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -182,9 +169,7 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 	nulls[13] = forced_id ? ' ' : 'n';
 	values[14] = Int64GetDatum(supersedes);
 	nulls[14] = supersedes ? ' ' : 'n';
-	values[15] = plan_array(kinds, a->nsteps, TEXTOID);
-	values[16] = plan_array(stages, a->nsteps, INT2OID);
-	values[17] = plan_array(states, a->nsteps, TEXTOID);
+	celloattr_column_params(steps, 3, step_array_types, &values[15]);
 	values[18] = CStringGetTextDatum(a->state);
 	values[19] = BoolGetDatum(a->finished);
 

@@ -45,7 +45,6 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -103,7 +102,7 @@ typedef struct PendingRow
 {
 	UserKey		key;			/* strings in the batch's context */
 	int			xact_level;		/* (sub)transaction it belongs to */
-	int			first_job;		/* its steps start there in jobs[] */
+	int			first_step;		/* its steps start there in steps[] */
 } PendingRow;
 
 typedef struct Pending
@@ -114,10 +113,8 @@ typedef struct Pending
 	int			max_depth;		/* deepest statement nesting of a call */
 	int			nrows;
 	PendingRow	rows[PENDING_BATCH];
-	Datum		values[NCOLUMNS][PENDING_BATCH];
-	bool		nulls[NCOLUMNS][PENDING_BATCH];
-	int			njobs;
-	Datum		jobs[NJOBCOLUMNS][PENDING_BATCH * CELLOATTR_MAX_FIRST_STEPS];
+	ArrayColumn columns[NCOLUMNS];	/* the rows, in the batch's context */
+	ArrayColumn steps[NJOBCOLUMNS];	/* their first steps */
 } Pending;
 
 static Pending *pending = NULL;
@@ -176,6 +173,7 @@ static void
 pending_reset(void)
 {
 	HASHCTL		ctl;
+	MemoryContext old;
 
 	if (pending == NULL)
 	{
@@ -186,9 +184,12 @@ pending_reset(void)
 	}
 	else
 		MemoryContextReset(pending->context);
+	old = MemoryContextSwitchTo(pending->context);
 	pending->nrows = 0;
-	pending->njobs = 0;
 	pending->max_depth = 0;
+	celloattr_columns_init(pending->columns, column_types, NCOLUMNS, PENDING_BATCH);
+	celloattr_columns_init(pending->steps, job_column_types, NJOBCOLUMNS,
+						   PENDING_BATCH * CELLOATTR_MAX_FIRST_STEPS);
 	ctl.keysize = sizeof(UserKey);
 	ctl.entrysize = sizeof(UserEntry);
 	ctl.hash = user_key_hash;
@@ -196,6 +197,7 @@ pending_reset(void)
 	ctl.hcxt = pending->context;
 	pending->users = hash_create("celloattr pending users", PENDING_BATCH, &ctl,
 								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	MemoryContextSwitchTo(old);
 }
 
 static inline bool
@@ -254,27 +256,6 @@ live_attribution_exists(const UserKey *key)
 	return found;
 }
 
-static Datum
-text_or_null(const char *s, bool *isnull)
-{
-	*isnull = (s == NULL);
-	return s ? CStringGetTextDatum(s) : (Datum) 0;
-}
-
-static ArrayType *
-column_array(Datum *values, bool *nulls, int n, Oid type)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
-	return construct_md_array(values, nulls, 1, dims, lbs, type, typlen,
-							  typbyval, typalign);
-}
-
 /* Write the batch: one INSERT of the attributions and their first steps. */
 void
 celloattr_pending_flush(void)
@@ -282,7 +263,7 @@ celloattr_pending_flush(void)
 	Oid			types[NCOLUMNS + NJOBCOLUMNS];
 	Datum		params[NCOLUMNS + NJOBCOLUMNS];
 	int			nrows,
-				njobs,
+				nsteps,
 				lowest_level = INT_MAX;
 	Oid			owner,
 				save_userid;
@@ -296,20 +277,10 @@ celloattr_pending_flush(void)
 
 	/* the arrays are copies: the batch is empty before any SQL runs */
 	nrows = pending->nrows;
-	njobs = pending->njobs;
-	for (int c = 0; c < NCOLUMNS; c++)
-	{
-		types[c] = get_array_type(column_types[c]);
-		params[c] = PointerGetDatum(column_array(pending->values[c],
-												 pending->nulls[c], nrows,
-												 column_types[c]));
-	}
-	for (int c = 0; c < NJOBCOLUMNS; c++)
-	{
-		types[NCOLUMNS + c] = get_array_type(job_column_types[c]);
-		params[NCOLUMNS + c] = PointerGetDatum(column_array(pending->jobs[c], NULL,
-															njobs, job_column_types[c]));
-	}
+	nsteps = pending->steps[0].n;
+	celloattr_column_params(pending->columns, NCOLUMNS, types, params);
+	celloattr_column_params(pending->steps, NJOBCOLUMNS, types + NCOLUMNS,
+							params + NCOLUMNS);
 	for (int i = 0; i < nrows; i++)
 		lowest_level = Min(lowest_level, pending->rows[i].xact_level);
 	owner = pending->owner;
@@ -381,7 +352,7 @@ celloattr_pending_flush(void)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	if (celloattr_first_int8() != njobs)
+	if (celloattr_first_int8() != nsteps)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("celloattr.installation has no row"),
@@ -409,6 +380,7 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	UserKey		key;
 	UserEntry  *entry;
 	PendingRow *row;
+	ArrayColumn *c;
 	MemoryContext old;
 	int			n;
 	int64		id;
@@ -438,42 +410,38 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	n = pending->nrows;
 	row = &pending->rows[n];
 	old = MemoryContextSwitchTo(pending->context);
-	pending->values[C_ID][n] = Int64GetDatum(id);
-	pending->nulls[C_ID][n] = false;
-	pending->values[C_UCC][n] = text_or_null(req->ucc, &pending->nulls[C_UCC][n]);
-	pending->values[C_USER][n] = text_or_null(req->new_user_id, &pending->nulls[C_USER][n]);
-	pending->values[C_GATEWAY][n] = text_or_null(req->gateway, &pending->nulls[C_GATEWAY][n]);
-	pending->values[C_CUSTOMER][n] = text_or_null(req->customer_id, &pending->nulls[C_CUSTOMER][n]);
-	pending->values[C_EMAIL][n] = text_or_null(req->email, &pending->nulls[C_EMAIL][n]);
-	pending->values[C_NAME][n] = text_or_null(req->name, &pending->nulls[C_NAME][n]);
-	pending->values[C_ORG][n] = text_or_null(req->organization_id, &pending->nulls[C_ORG][n]);
-	pending->values[C_SIGNUP_API][n] = BoolGetDatum(a->signup_via_api);
-	pending->nulls[C_SIGNUP_API][n] = false;
-	pending->values[C_SIGNED_UP_AT][n] = TimestampTzGetDatum(req->signed_up_at);
-	pending->nulls[C_SIGNED_UP_AT][n] = req->signed_up_at_isnull;
-	pending->values[C_REASON][n] = text_or_null(req->reason, &pending->nulls[C_REASON][n]);
-	pending->values[C_FORCE][n] = BoolGetDatum(req->force);
-	pending->nulls[C_FORCE][n] = false;
-	pending->values[C_DRY_RUN][n] = BoolGetDatum(req->dry_run);
-	pending->nulls[C_DRY_RUN][n] = false;
-	pending->values[C_REQUESTED_BY][n] = text_or_null(a->requested_by, &pending->nulls[C_REQUESTED_BY][n]);
-	pending->values[C_STATE][n] = text_or_null(a->state, &pending->nulls[C_STATE][n]);
-	pending->values[C_FINISHED_AT][n] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	pending->nulls[C_FINISHED_AT][n] = !a->finished;
+	c = pending->columns;
+	celloattr_column_add(&c[C_ID], Int64GetDatum(id), false);
+	celloattr_column_text(&c[C_UCC], req->ucc);
+	celloattr_column_text(&c[C_USER], req->new_user_id);
+	celloattr_column_text(&c[C_GATEWAY], req->gateway);
+	celloattr_column_text(&c[C_CUSTOMER], req->customer_id);
+	celloattr_column_text(&c[C_EMAIL], req->email);
+	celloattr_column_text(&c[C_NAME], req->name);
+	celloattr_column_text(&c[C_ORG], req->organization_id);
+	celloattr_column_add(&c[C_SIGNUP_API], BoolGetDatum(a->signup_via_api), false);
+	celloattr_column_add(&c[C_SIGNED_UP_AT], TimestampTzGetDatum(req->signed_up_at),
+						 req->signed_up_at_isnull);
+	celloattr_column_text(&c[C_REASON], req->reason);
+	celloattr_column_add(&c[C_FORCE], BoolGetDatum(req->force), false);
+	celloattr_column_add(&c[C_DRY_RUN], BoolGetDatum(req->dry_run), false);
+	celloattr_column_text(&c[C_REQUESTED_BY], a->requested_by);
+	celloattr_column_text(&c[C_STATE], a->state);
+	celloattr_column_add(&c[C_FINISHED_AT],
+						 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+						 !a->finished);
 
 	row->key.gateway = pstrdup(req->gateway);
 	row->key.new_user_id = pstrdup(req->new_user_id);
 	row->key.dry_run = req->dry_run;
 	row->xact_level = GetCurrentTransactionNestLevel();
-	row->first_job = pending->njobs;
+	row->first_step = pending->steps[0].n;
 	for (int i = 0; i < a->nsteps; i++)
 	{
-		int			j = pending->njobs++;
-
-		pending->jobs[J_ATTRIBUTION][j] = Int64GetDatum(id);
-		pending->jobs[J_KIND][j] = CStringGetTextDatum(a->steps[i].kind);
-		pending->jobs[J_STAGE][j] = Int16GetDatum(a->steps[i].stage);
-		pending->jobs[J_STATE][j] = CStringGetTextDatum(a->steps[i].state);
+		celloattr_column_add(&pending->steps[J_ATTRIBUTION], Int64GetDatum(id), false);
+		celloattr_column_text(&pending->steps[J_KIND], a->steps[i].kind);
+		celloattr_column_add(&pending->steps[J_STAGE], Int16GetDatum(a->steps[i].stage), false);
+		celloattr_column_text(&pending->steps[J_STATE], a->steps[i].state);
 	}
 	MemoryContextSwitchTo(old);
 
@@ -568,7 +536,12 @@ pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				hash_search(pending->users, &pending->rows[n].key, HASH_REMOVE, NULL);
 			}
 			if (n < pending->nrows)
-				pending->njobs = pending->rows[n].first_job;
+			{
+				for (int c = 0; c < NCOLUMNS; c++)
+					pending->columns[c].n = n;
+				for (int c = 0; c < NJOBCOLUMNS; c++)
+					pending->steps[c].n = pending->rows[n].first_step;
+			}
 			pending->nrows = n;
 		}
 		for (int i = 0; i < nexposures; i++)
