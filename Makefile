@@ -26,7 +26,7 @@ OBJS = \
 	src/cello.o
 
 EXTENSION = celloattr
-DATA = celloattr--1.0.sql
+DATA = celloattr--1.0.sql celloattr--1.1.sql celloattr--1.0--1.1.sql
 PGFILEDESC = "celloattr - repair Cello referral attribution"
 
 # The regression, isolation and TAP suites need the library preloaded, the
