@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * cello.c
- *	  The Cello API path (../shared/reference/cello-api.md, §1, §2, §4).
+ *	  The Cello API path (Cello's API reference: authentication, events, errors).
  *
  *	  cello_signup       check the ucc (GET /referral-codes/{ucc}), then send
  *	                     the new-signup event (POST /events)

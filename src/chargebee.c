@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * chargebee.c
- *	  The Chargebee repair path (../shared/reference/stripe-chargebee.md, B).
+ *	  The Chargebee repair path (Chargebee's API v2 reference).
  *
  *	  chargebee_customer   find the customer (by id, else by the custom
  *	                       field cf_new_user_id when the site uses custom

@@ -4,8 +4,9 @@
  *	  The machinery every provider's steps share: the step registry,
  *	  issuing requests, classifying answers, recording what was learned.
  *
- * Classification follows ../shared/reference: transport errors, 5xx and
- * 409 (a concurrent request with the same idempotency key) are transient;
+ * Classification follows the providers' documented error semantics:
+ * transport errors, 5xx and 409 (a concurrent request with the same
+ * idempotency key) are transient;
  * 429 is waited out for Retry-After without using an attempt; any other
  * 4xx is final and keeps the provider's own message.  Stripe may say
  * "Stripe-Should-Retry: false" on a 5xx: its idempotency layer would only

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * stripe.c
- *	  The Stripe repair path (../shared/reference/stripe-chargebee.md, A).
+ *	  The Stripe repair path (Stripe's API reference).
  *
  *	  stripe_customer  find the customer (by id, else metadata new_user_id
  *	                   search, else exact email), refuse a conflicting

@@ -6,7 +6,7 @@
  * A bad value must fail at the SQL call, in the caller's transaction, with
  * a message that names it: not hours later in the worker, and never as a
  * wrong code written into a payment gateway.  The limits are the providers'
- * own (see ../shared/reference): Stripe metadata values hold 500 characters,
+ * own (their API references): Stripe metadata values hold 500 characters,
  * e-mails 512 and names 256; Chargebee customer ids 50 and single-line
  * custom fields 99; a Cello ucc is 11 letters and digits.
  *

@@ -3,8 +3,8 @@
 celloattr test suite (no network in tests: everything is on 127.0.0.1).
 
   python3 test/fake/fake_api.py --port 0 --port-file PATH \
-      --stripe-spec /work/shared/specs/stripe-spec3-2020-08-27.json \
-      --stripe-fixtures /work/shared/specs/stripe-fixtures3.json [--log FILE]
+      --stripe-spec test/specs/stripe-spec3-extract.json \
+      --stripe-fixtures test/specs/stripe-fixtures3-extract.json [--log FILE]
 
 URL layout on the one port:
   /stripe/v1/...               Stripe        /chargebee/api/v2/...   Chargebee

@@ -21,7 +21,7 @@ import traceback
 from urllib.parse import quote, urlencode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SPECS = "/work/shared/specs"
+SPECS = os.path.join(HERE, "..", "specs")
 PORT = None
 PASSED, FAILED = 0, []
 VERBOSE = False
@@ -697,8 +697,8 @@ def t_fakectl():
 def main():
     global PORT, PORT_FILE, VERBOSE
     ap = argparse.ArgumentParser()
-    ap.add_argument("--spec", default=os.path.join(SPECS, "stripe-spec3-2020-08-27.json"))
-    ap.add_argument("--fixtures", default=os.path.join(SPECS, "stripe-fixtures3.json"))
+    ap.add_argument("--spec", default=os.path.join(SPECS, "stripe-spec3-extract.json"))
+    ap.add_argument("--fixtures", default=os.path.join(SPECS, "stripe-fixtures3-extract.json"))
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     VERBOSE = args.verbose

@@ -1,5 +1,5 @@
 """Check Stripe requests against the Stripe OpenAPI spec
-(../shared/specs/stripe-spec3-2020-08-27.json).
+(test/specs/stripe-spec3-extract.json, trimmed from Stripe's spec3.json).
 
 The spec is indexed once at start-up.  For each request we find the path
 template and operation, then check:
