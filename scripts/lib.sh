@@ -3,7 +3,6 @@
 # local API fakes, and writes the server settings that point at them.
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-shared=${CELLOATTR_SHARED:-$top/../shared}
 PYTHON=${PYTHON:-/usr/bin/python3}
 TEST_USER=${CELLOATTR_TEST_USER:-postgres}
 # CELLOATTR_PG_PREFIX=/some/dir: build, install and test against a private
@@ -20,25 +19,53 @@ PGBIN=$(${PG_CONFIG:-pg_config} --bindir 2>/dev/null || echo /usr/lib/postgresql
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# The Debian packages the build and the tests need, installed when missing.
+# The Debian packages a step needs, installed when missing.  Each is found
+# by what the build or the run really uses: the server's headers under
+# pg_config --includedir-server (Debian ships pg_config and PGXS's makefiles
+# without them, in postgresql-client-15), the curl and json-c headers, the
+# Perl modules of the TAP tests.  "ensure_deps test" adds what only the test
+# suite needs.
 ensure_deps() {
-	local missing=()
-	[ -f "$(pg_config --pgxs 2>/dev/null)" ] || missing+=(postgresql-server-dev-15)
-	pkg-config --exists libcurl 2>/dev/null || missing+=(libcurl4-openssl-dev)
-	pkg-config --exists json-c 2>/dev/null || missing+=(libjson-c-dev)
-	perl -MIPC::Run -e1 2>/dev/null || missing+=(libipc-run-perl)
-	[ -x "$PYTHON" ] || missing+=(python3)
-	command -v pkg-config >/dev/null || missing+=(pkg-config)
+	local missing=() incdir
 	command -v make >/dev/null || missing+=(make)
 	command -v gcc >/dev/null || missing+=(gcc)
-	command -v clang-14 >/dev/null || missing+=(clang-14 libclang-rt-14-dev)
-	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+	command -v pkg-config >/dev/null || missing+=(pkg-config)
+	[ -x "$PYTHON" ] || missing+=(python3)
+	[ -x "$PGBIN/postgres" ] || missing+=(postgresql-15)
+	incdir=$(${PG_CONFIG:-pg_config} --includedir-server 2>/dev/null)
+	[ -n "$incdir" ] && [ -f "$incdir/postgres.h" ] || missing+=(postgresql-server-dev-15)
+	has_header curl/curl.h libcurl || missing+=(libcurl4-openssl-dev)
+	has_header json-c/json.h json-c || missing+=(libjson-c-dev)
+	if [ "${1:-}" = test ]; then
+		perl -MIPC::Run -e1 2>/dev/null || missing+=(libipc-run-perl)
+		command -v clang-14 >/dev/null || missing+=(clang-14)
+		[ -n "$(find /usr/lib/llvm-14 -name 'libclang_rt.fuzzer-*.a' -print -quit 2>/dev/null)" ] ||
+			missing+=(libclang-rt-14-dev)
+	fi
 	[ ${#missing[@]} -eq 0 ] && return 0
-	[ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run this as root (or sudo) to install them"
+	[ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run this as root (or with sudo) to install them"
 	say "installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null \
-		|| die "apt-get install ${missing[*]} failed"
+	apt-get update -qq >/dev/null 2>&1 || die "apt-get update failed (no access to Debian's archive?)"
+	apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 </dev/null ||
+		die "apt-get install ${missing[*]} failed"
+	# pg_config may have come with the packages just installed
+	PGBIN=$(${PG_CONFIG:-pg_config} --bindir 2>/dev/null || echo "$PGBIN")
+	incdir=$(${PG_CONFIG:-pg_config} --includedir-server 2>/dev/null)
+	[ -f "$incdir/postgres.h" ] || die "postgres.h is still not under pg_config --includedir-server ($incdir)"
+}
+
+# has_header FILE PKG: the header is where pkg-config (or the compiler's
+# default include path) says it is.
+has_header() {
+	local dir
+	command -v pkg-config >/dev/null || return 1
+	pkg-config --exists "$2" 2>/dev/null || return 1
+	for dir in $(pkg-config --cflags-only-I "$2" 2>/dev/null | sed 's/-I//g') /usr/include \
+		/usr/include/"$(gcc -dumpmachine 2>/dev/null)"; do
+		[ -f "$dir/$1" ] && return 0
+	done
+	return 1
 }
 
 # Build with warnings as errors and install into the server's directories.
@@ -63,9 +90,6 @@ make_workdir() {
 	local dir
 	dir=$(mktemp -d "${TMPDIR:-/tmp}/celloattr-$1.XXXXXX")
 	tar -C "$top" --exclude=.git --exclude='./tmp_check*' --exclude=./results -cf - . | tar -C "$dir" -xf -
-	mkdir -p "$dir/specs-shared"
-	cp "$shared"/specs/stripe-spec3-2020-08-27.json "$shared"/specs/stripe-fixtures3.json "$dir/specs-shared/" \
-		|| die "cannot read $shared/specs (the shared/ folder beside the repository)"
 	chown -R "$TEST_USER" "$dir"
 	chmod 755 "$dir"
 	echo "$dir"
@@ -95,8 +119,8 @@ start_fake() {
 	local dir=$1
 	rm -f "$dir/fake.port"
 	as_test_user_exec "$PYTHON" "$dir/test/fake/fake_api.py" --port 0 --port-file "$dir/fake.port" \
-		--stripe-spec "$dir/specs-shared/stripe-spec3-2020-08-27.json" \
-		--stripe-fixtures "$dir/specs-shared/stripe-fixtures3.json" \
+		--stripe-spec "$dir/test/specs/stripe-spec3-extract.json" \
+		--stripe-fixtures "$dir/test/specs/stripe-fixtures3-extract.json" \
 		--log "$dir/fake.log" >"$dir/fake.out" 2>&1 9>&- &
 	FAKE_PID=$!
 	for _ in $(seq 1 100); do
@@ -162,5 +186,6 @@ start_cluster() {
 }
 
 stop_cluster() {
+	[ -n "${PGDATA_DIR:-}" ] && [ -f "$PGDATA_DIR/postmaster.pid" ] || return 0
 	as_test_user "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast stop >/dev/null 2>&1
 }
