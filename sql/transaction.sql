@@ -15,6 +15,20 @@ SELECT count(*) AS registered FROM celloattr.transactions;
 SELECT celloattr.cello_attribute('UIPIWa2Hnnr', 'user-tx', 'cello_api',
 	email => 'tx@example.com') AS tx_attr \gset
 
+-- an attributed user's transaction is checked: a bad value is an error
+-- that names it, and nothing is registered
+SELECT celloattr.cello_transaction('user-tx', NULL, 10, 'EUR', now());
+SELECT celloattr.cello_transaction('user-tx', 'in_1', NULL, 'EUR', now());
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EURO', now());
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', NULL);
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now(), 'fortnightly', 'Pro');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now(), 'monthly', 'Pro', trigger => 'invoice-refunded');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now(), 'monthly');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now(), 'monthly', 'Pro', seats => -1);
+SELECT celloattr.cello_transaction('user-tx', E'in_\r1', 10, 'EUR', now(), 'monthly', 'Pro');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now() + interval '2 days', 'monthly', 'Pro');
+SELECT count(*) AS registered FROM celloattr.transactions;
+
 -- inside the window: queued after the signup step
 SELECT celloattr.cello_transaction('user-tx', 'in_1', 49, 'eur', now() - interval '2 days',
 	'monthly', 'Team Plan', 'sub_1', 3) AS tx1 \gset

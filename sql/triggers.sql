@@ -227,4 +227,94 @@ INSERT INTO payments VALUES ('py_2', 7301, 12.50, now() - interval '3 days', 'ch
 SELECT invoice_id, trigger, amount, currency, interval, product_key, seats
   FROM celloattr.transactions WHERE invoice_id LIKE 'py_%' ORDER BY invoice_id, trigger;
 
+--
+-- The application's own writes: a row celloattr does not need never fails.
+--
+-- An invoices table as products have it, where the trigger is put on every
+-- row; product and amount may be missing on rows of users nobody referred.
+CREATE TABLE bills (
+	id text PRIMARY KEY, user_id text, amount text, currency text, paid_at text,
+	status text, plan text, seats text, note text
+);
+CREATE TRIGGER bills_transaction
+	AFTER INSERT OR UPDATE ON bills
+	FOR EACH ROW EXECUTE FUNCTION celloattr.transaction_trigger(
+		'new_user_id=user_id', 'invoice_id=id', 'amount=amount', 'currency=currency',
+		'paid_at=paid_at', 'status=status', 'product_key=plan', 'seats=seats');
+-- users nobody referred: whatever the row holds, it is written and nothing queued
+INSERT INTO bills VALUES
+	('b1', 'stranger', '49', 'EUR', now()::text, 'paid', NULL, NULL, 'no product'),
+	('b2', 'stranger', NULL, NULL, NULL, 'paid', NULL, NULL, 'nothing at all'),
+	('b3', 'stranger', 'n/a', 'euros', 'yesterday-ish', 'paid', 'Pro', '3.5', 'garbage'),
+	('b4', NULL, NULL, NULL, NULL, 'paid', NULL, NULL, 'no user'),
+	('b5', '', '10', 'EUR', now()::text, 'paid', 'Pro', NULL, 'empty user'),
+	('b6', 'stranger', '10', 'EUR', (now() + interval '3 days')::text, 'refunded', NULL, '-1', 'future refund');
+-- an attributed user's rows that are no event: NULL or other status, NULL amount
+INSERT INTO bills VALUES
+	('b7', '7301', NULL, NULL, NULL, NULL, NULL, NULL, 'NULL status'),
+	('b8', '7301', NULL, NULL, NULL, 'draft', NULL, NULL, 'other status'),
+	('b9', '7301', 'n/a', 'x', 'never', 'void', NULL, NULL, 'void, unreadable values');
+-- updates that do not change the status are no events, whatever else they change
+UPDATE bills SET note = 'touched', amount = 'still n/a' WHERE id IN ('b7', 'b8', 'b9');
+UPDATE bills SET status = 'paid' WHERE id = 'b1';
+SELECT count(*) AS bills_written FROM bills;
+SELECT count(*) AS registered FROM celloattr.transactions WHERE invoice_id LIKE 'b_';
+
+-- an attributed user's paid row with a value missing is an error by default...
+INSERT INTO bills VALUES ('b10', '7301', '49', 'EUR', now()::text, 'paid', NULL, NULL, 'no product');
+UPDATE bills SET status = 'paid', amount = 'n/a' WHERE id = 'b9';
+-- ...and with invalid=warn a WARNING: the row is written, the transaction
+-- goes to the support report with the reason, and nothing goes to Cello
+DROP TRIGGER bills_transaction ON bills;
+CREATE TRIGGER bills_transaction
+	AFTER INSERT OR UPDATE ON bills
+	FOR EACH ROW EXECUTE FUNCTION celloattr.transaction_trigger(
+		'new_user_id=user_id', 'invoice_id=id', 'amount=amount', 'currency=currency',
+		'paid_at=paid_at', 'status=status', 'product_key=plan', 'seats=seats',
+		'invalid=warn');
+INSERT INTO bills VALUES ('b10', '7301', '49', 'EUR', (now() - interval '1 day')::text, 'paid', NULL, NULL, 'no product');
+INSERT INTO bills VALUES ('b11', '7301', '49', 'EURO', (now() - interval '1 day')::text, 'paid', 'Pro', NULL, 'bad currency');
+UPDATE bills SET status = 'paid', amount = 'n/a' WHERE id = 'b9';
+INSERT INTO bills VALUES ('b12', '7301', '49', 'EUR', 'someday', 'paid', 'Pro', NULL, 'unreadable date');
+-- the same row again reports once
+UPDATE bills SET status = 'open' WHERE id = 'b10';
+UPDATE bills SET status = 'paid' WHERE id = 'b10';
+-- a good row of the same user goes through as before
+INSERT INTO bills VALUES ('b13', '7301', '19.99', 'EUR', (now() - interval '1 day')::text, 'paid', 'Pro', '2', 'good');
+SELECT id, note FROM bills WHERE id IN ('b9', 'b10', 'b11', 'b12', 'b13') ORDER BY id;
+SELECT invoice_id, trigger, amount, seats FROM celloattr.transactions WHERE invoice_id LIKE 'b_%';
+SELECT invoice_id, trigger, price, currency, product_key, event_timestamp IS NOT NULL AS has_time, reason
+  FROM celloattr.support_report()
+ WHERE new_user_id = '7301' AND invoice_id LIKE 'b_%' ORDER BY invoice_id;
+-- a user deleted since: their attribution stays, and so do their invoices' events
+DELETE FROM users WHERE id = 7301;
+UPDATE bills SET status = 'refunded' WHERE id = 'b13';
+SELECT invoice_id, trigger FROM celloattr.transactions WHERE invoice_id = 'b13' ORDER BY trigger;
+-- a cancelled repair is nobody's business any more: rows of that user are written, unchecked
+SELECT celloattr.cancel(id) >= 0 AS cancelled FROM celloattr.attributions WHERE new_user_id = '7301';
+INSERT INTO bills VALUES ('b14', '7301', NULL, NULL, NULL, 'paid', NULL, NULL, 'after cancel');
+SELECT count(*) AS registered_after_cancel FROM celloattr.transactions WHERE invoice_id = 'b14';
+
+-- a user re-created with the same id and another code is a dispute: an
+-- error, even with invalid=warn (only the SQLSTATE: the message names ids)
+INSERT INTO users VALUES (7401, 'pNRB1aYqArN', 'dee@example.com', 'cus_dee', 'stripe');
+DELETE FROM users WHERE id = 7401;
+\set VERBOSITY sqlstate
+INSERT INTO users VALUES (7401, 'UIPIWa2Hnnr', 'dee@example.com', 'cus_dee', 'stripe');
+\set VERBOSITY default
+CREATE TABLE members2 (id bigint PRIMARY KEY, code text);
+CREATE TRIGGER members2_attribute AFTER INSERT OR UPDATE ON members2
+	FOR EACH ROW EXECUTE FUNCTION celloattr.attribute_trigger(
+		'ucc=code', 'new_user_id=id', 'gateway=stripe', 'invalid=warn');
+-- a bad code in a bulk insert warns for its row, the others are queued
+INSERT INTO members2 VALUES (7402, 'bad code'), (7403, 'pNRB1aYqArN');
+SELECT id, code FROM members2 ORDER BY id;
+SELECT new_user_id, ucc FROM celloattr.attributions WHERE new_user_id IN ('7402', '7403')
+ ORDER BY new_user_id;
+-- a user row without a code, or an update that leaves the code alone
+INSERT INTO members2 VALUES (7404, NULL);
+UPDATE members2 SET code = code WHERE id = 7403;
+SELECT count(*) AS attributions_7403 FROM celloattr.attributions WHERE new_user_id = '7403';
+
+DROP TABLE bills, members2;
 DROP TABLE users, invoices, accounts, members, signups, t, payments;

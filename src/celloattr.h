@@ -166,10 +166,21 @@ typedef struct TransactionRequest
 	const char *trigger;
 } TransactionRequest;
 
-/* Validate and register one transaction; false when the user has no Cello
- * API attribution (nothing registered), else *id is the transaction id. */
-extern bool celloattr_register_transaction(const TransactionRequest *req,
-										   int64 *id);
+/* The id of the user's live Cello API attribution, its row locked; 0 when
+ * the user (NULL or empty too) has none. */
+extern int64 celloattr_cello_attribution_of(const char *new_user_id);
+
+/* Validate (ERROR when invalid) and register one transaction of that
+ * attribution; the transaction's id (that of the same invoice and trigger
+ * when registered before). */
+extern int64 celloattr_register_transaction(int64 attribution_id,
+											const TransactionRequest *req);
+
+/* A transaction that failed validation (why: the message) goes to the
+ * support report with the fields it has, instead of to Cello. */
+extern void celloattr_report_invalid_transaction(int64 attribution_id,
+												 const TransactionRequest *req,
+												 const char *why);
 
 /* ----------------------------------------------------------- plans.c */
 

@@ -8,7 +8,10 @@
  * The transaction becomes a cello_transaction step after the signup step;
  * one already older than celloattr.transaction_window goes straight to the
  * support report.  The attribution's row lock, taken first, orders this
- * against the worker promoting or settling the same attribution.
+ * against the worker promoting or settling the same attribution.  Nothing
+ * is validated before the user is known to have such an attribution: the
+ * invoices of everyone else are none of celloattr's business, and must
+ * never fail because of it.
  *
  *-------------------------------------------------------------------------
  */
@@ -31,6 +34,7 @@ static SPIPlanPtr signup_done_plan = NULL;
 static SPIPlanPtr transaction_payload_plan = NULL;
 static SPIPlanPtr link_transaction_plan = NULL;
 static SPIPlanPtr reopen_attribution_plan = NULL;
+static SPIPlanPtr invalid_support_plan = NULL;
 
 /* Insert one job row; its idempotency key is fixed here, once. */
 static int64
@@ -163,34 +167,46 @@ queue_transaction(int64 transaction_id, int64 attribution_id)
 	reopen_attribution(attribution_id, "queued");
 }
 
-bool
-celloattr_register_transaction(const TransactionRequest *req, int64 *id)
+int64
+celloattr_cello_attribution_of(const char *new_user_id)
+{
+	Oid			type = TEXTOID;
+	Datum		value;
+	int64		attribution_id = 0;
+
+	/* a payment of nobody (a guest checkout) has nothing to attribute */
+	if (new_user_id == NULL || new_user_id[0] == '\0')
+		return 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "celloattr: SPI_connect failed");
+	celloattr_prepare(&find_cello_attribution_plan,
+			"SELECT id FROM celloattr.attributions "
+			" WHERE gateway = 'cello_api' AND new_user_id = $1 AND NOT dry_run "
+			"   AND superseded_by IS NULL AND state <> 'cancelled' "
+			"   FOR UPDATE",
+			1, &type);
+	value = CStringGetTextDatum(new_user_id);
+	if (celloattr_execute(find_cello_attribution_plan, &value, NULL, SPI_OK_SELECT) > 0)
+		attribution_id = celloattr_first_int8();
+	SPI_finish();
+	return attribution_id;
+}
+
+int64
+celloattr_register_transaction(int64 attribution_id, const TransactionRequest *req)
 {
 	Oid			types[12] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID,
 		TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID};
 	Datum		values[12];
 	char		nulls[12];
-	int64		attribution_id;
+	int64		id;
 	bool		isnull;
 
 	celloattr_validate_transaction(req);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
-
-	celloattr_prepare(&find_cello_attribution_plan,
-			"SELECT id FROM celloattr.attributions "
-			" WHERE gateway = 'cello_api' AND new_user_id = $1 AND NOT dry_run "
-			"   AND superseded_by IS NULL AND state <> 'cancelled' "
-			"   FOR UPDATE",
-			1, &types[1]);
-	values[0] = CStringGetTextDatum(req->new_user_id);
-	if (celloattr_execute(find_cello_attribution_plan, values, NULL, SPI_OK_SELECT) == 0)
-	{
-		SPI_finish();
-		return false;
-	}
-	attribution_id = celloattr_first_int8();
 
 	memset(nulls, ' ', sizeof(nulls));
 	celloattr_prepare(&insert_transaction_plan,
@@ -219,13 +235,13 @@ celloattr_register_transaction(const TransactionRequest *req, int64 *id)
 	{
 		bool		too_old;
 
-		*id = celloattr_first_int8();
+		id = celloattr_first_int8();
 		too_old = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 2, &isnull));
 		if (too_old)
-			report_old_transaction(*id, attribution_id);
+			report_old_transaction(id, attribution_id);
 		else
-			queue_transaction(*id, attribution_id);
+			queue_transaction(id, attribution_id);
 	}
 	else
 	{
@@ -238,11 +254,52 @@ celloattr_register_transaction(const TransactionRequest *req, int64 *id)
 		values[2] = values[3];
 		if (celloattr_execute(find_transaction_plan, values, NULL, SPI_OK_SELECT) != 1)
 			elog(ERROR, "celloattr: registered transaction vanished");
-		*id = celloattr_first_int8();
+		id = celloattr_first_int8();
 	}
 
 	SPI_finish();
-	return true;
+	return id;
+}
+
+void
+celloattr_report_invalid_transaction(int64 attribution_id,
+									 const TransactionRequest *req,
+									 const char *why)
+{
+	Oid			types[11] = {INT8OID, TEXTOID, TIMESTAMPTZOID, NUMERICOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[11];
+	char		nulls[11];
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "celloattr: SPI_connect failed");
+	memset(nulls, ' ', sizeof(nulls));
+	celloattr_prepare(&invalid_support_plan,
+			"INSERT INTO celloattr.support_items "
+			"  (attribution_id, trigger, event_timestamp, price, currency, "
+			"   subscription_id, invoice_id, interval, seats, product_key, reason) "
+			"VALUES ($1, $2, $3, $4, upper($5), $6, $7, $8, $9, $10, $11) "
+			"ON CONFLICT DO NOTHING",
+			11, types);
+	values[0] = Int64GetDatum(attribution_id);
+	values[1] = CStringGetTextDatum(req->trigger);
+	values[2] = TimestampTzGetDatum(req->paid_at);
+	nulls[2] = req->paid_at_isnull ? 'n' : ' ';
+	values[3] = req->amount;
+	nulls[3] = req->amount_isnull ? 'n' : ' ';
+	values[4] = celloattr_text_datum(req->currency, &nulls[4]);
+	values[5] = celloattr_text_datum(req->subscription_id, &nulls[5]);
+	values[6] = celloattr_text_datum(req->invoice_id, &nulls[6]);
+	values[7] = celloattr_text_datum(req->interval, &nulls[7]);
+	values[8] = Int32GetDatum(req->seats);
+	nulls[8] = req->seats_isnull ? 'n' : ' ';
+	values[9] = celloattr_text_datum(req->product_key, &nulls[9]);
+	values[10] = CStringGetTextDatum(psprintf("not sent to Cello, the row was invalid: %s", why));
+	celloattr_execute(invalid_support_plan, values, nulls, SPI_OK_INSERT);
+
+	/* the repair now has something for support */
+	reopen_attribution(attribution_id, "needs_support");
+	SPI_finish();
 }
 
 /* -------------------------------------------------------- SQL function */
@@ -252,7 +309,7 @@ Datum
 cello_transaction(PG_FUNCTION_ARGS)
 {
 	TransactionRequest req;
-	int64		id;
+	int64		attribution_id;
 
 	req.new_user_id = celloattr_text_arg(fcinfo, 0);
 	req.invoice_id = celloattr_text_arg(fcinfo, 1);
@@ -268,7 +325,13 @@ cello_transaction(PG_FUNCTION_ARGS)
 	req.seats = req.seats_isnull ? 0 : PG_GETARG_INT32(8);
 	req.trigger = celloattr_text_arg(fcinfo, 9);
 
-	if (!celloattr_register_transaction(&req, &id))
+	/*
+	 * Only a user with a Cello API attribution has transactions to send:
+	 * for anyone else the call is a no-op, whatever the other arguments
+	 * hold, so that an invoices trigger may call it for every row.
+	 */
+	attribution_id = celloattr_cello_attribution_of(req.new_user_id);
+	if (attribution_id == 0)
 		PG_RETURN_NULL();
-	PG_RETURN_INT64(id);
+	PG_RETURN_INT64(celloattr_register_transaction(attribution_id, &req));
 }

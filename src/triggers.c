@@ -109,7 +109,7 @@ enum
 {
 	T_USER, T_INVOICE, T_AMOUNT, T_CURRENCY, T_PAID_AT, T_INTERVAL,
 	T_PRODUCT, T_SUBSCRIPTION, T_SEATS, T_TRIGGER, T_DIVISOR, T_STATUS,
-	T_PAID_STATUS, T_REFUNDED_STATUS, T_NKEYS
+	T_PAID_STATUS, T_REFUNDED_STATUS, T_INVALID, T_NKEYS
 };
 
 static const KeySpec transaction_keys[T_NKEYS] = {
@@ -127,6 +127,7 @@ static const KeySpec transaction_keys[T_NKEYS] = {
 	{"status", K_COLUMN, NULL, NULL},
 	{"paid_status", CONSTANT, NULL, "paid"},
 	{"refunded_status", CONSTANT, NULL, "refunded"},
+	{"invalid", CONSTANT, invalid_modes, "error"},
 };
 
 StaticAssertDecl(A_NKEYS <= MAX_KEYS && T_NKEYS <= MAX_KEYS, "MAX_KEYS too small");
@@ -417,23 +418,31 @@ same_text(const char *a, const char *b)
 	return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
 }
 
+typedef void (*RowCheck) (void *arg);
+
 /*
- * Turn a failed check of a row into a WARNING for a trigger created with
- * invalid=warn: a mistyped referral code on a signup form must not make the
- * signup fail.  Catching an error without a subtransaction is safe only
- * because celloattr_validate_attribution() looks at its argument and nothing
- * else (no locks, buffers or writes), and only data errors (class 22) are
- * caught: a cancel or anything unexpected is re-thrown.
+ * Check a row's values; with invalid=warn a failed check becomes a WARNING
+ * and false (its message in *why), and the application's row is written
+ * all the same.  Catching an error without a subtransaction is safe only
+ * because a RowCheck looks at its argument and nothing else (no locks,
+ * buffers, SPI or writes), and only data errors (class 22) are caught: a
+ * cancel or anything unexpected is re-thrown.  A dispute (the user is
+ * attributed to another code) is no bad value and stays an error.
  */
 static bool
-validate_or_warn(const AttributionRequest *req, TriggerData *trigdata)
+check_row(RowCheck check, void *arg, bool warn, TriggerData *trigdata, char **why)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool ok = true;
 
+	if (!warn)
+	{
+		check(arg);
+		return true;
+	}
 	PG_TRY();
 	{
-		celloattr_validate_attribution(req);
+		check(arg);
 	}
 	PG_CATCH();
 	{
@@ -449,14 +458,28 @@ validate_or_warn(const AttributionRequest *req, TriggerData *trigdata)
 				 errmsg("%s", edata->message),
 				 edata->detail ? errdetail("%s", edata->detail) : 0,
 				 edata->hint ? errhint("%s", edata->hint) : 0,
-				 errcontext("trigger \"%s\" on table \"%s\" skipped the row (invalid=warn)",
+				 errcontext("trigger \"%s\" on table \"%s\" (invalid=warn): the row was written without it",
 							trigdata->tg_trigger->tgname,
 							RelationGetRelationName(trigdata->tg_relation))));
+		if (why)
+			*why = pstrdup(edata->message);
 		FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+static void
+check_attribution(void *arg)
+{
+	celloattr_validate_attribution((const AttributionRequest *) arg);
+}
+
+static bool
+warns(ValueSource *invalid, TupleTableSlot *slot)
+{
+	return strcmp(source_text(invalid, slot), "warn") == 0;
 }
 
 Datum
@@ -509,12 +532,75 @@ cello_attribute_trigger(PG_FUNCTION_ARGS)
 	req.signup_via_api = (text != NULL && text[0] == 't');
 	req.signed_up_at_isnull = true;
 
-	if (strcmp(source_text(&src[A_INVALID], slot), "warn") == 0 &&
-		!validate_or_warn(&req, trigdata))
-		return PointerGetDatum(NULL);
-
-	(void) celloattr_attribute(&req);
+	if (check_row(check_attribution, &req, warns(&src[A_INVALID], slot), trigdata, NULL))
+		(void) celloattr_attribute(&req);
 	return PointerGetDatum(NULL);
+}
+
+/* What registering one row of an invoices table needs. */
+typedef struct TransactionRow
+{
+	TransactionRequest req;
+	ValueSource *src;
+	TupleTableSlot *slot;
+	int64		attribution_id;
+} TransactionRow;
+
+/*
+ * The row's values as the request: converted from their text here, where
+ * a bad value (a text column that holds no amount) is an error of the row.
+ * A value counts as present only once converted, so that what reaches the
+ * support report after a failed conversion is never a half-made value.
+ */
+static void
+convert_transaction_row(TransactionRow *row)
+{
+	TransactionRequest *req = &row->req;
+	ValueSource *src = row->src;
+	char	   *text;
+
+	req->amount_isnull = req->paid_at_isnull = req->seats_isnull = true;
+	req->currency = source_text(&src[T_CURRENCY], row->slot);
+	req->interval = source_text(&src[T_INTERVAL], row->slot);
+	req->product_key = source_text(&src[T_PRODUCT], row->slot);
+	req->subscription_id = source_text(&src[T_SUBSCRIPTION], row->slot);
+
+	text = source_text(&src[T_AMOUNT], row->slot);
+	if (text != NULL)
+	{
+		Datum		amount = from_text(numeric_in, text);
+
+		if (src[T_DIVISOR].given)
+		{
+			/* 1999 cents / 100 is 19.99, not 19.9900000000000000 */
+			amount = DirectFunctionCall2(numeric_div, amount,
+										 from_text(numeric_in, src[T_DIVISOR].constval));
+			amount = DirectFunctionCall1(numeric_trim_scale, amount);
+		}
+		req->amount = amount;
+		req->amount_isnull = false;
+	}
+	text = source_text(&src[T_PAID_AT], row->slot);
+	if (text != NULL)
+	{
+		req->paid_at = DatumGetTimestampTz(from_text(timestamptz_in, text));
+		req->paid_at_isnull = false;
+	}
+	text = source_text(&src[T_SEATS], row->slot);
+	if (text != NULL)
+	{
+		req->seats = DatumGetInt32(from_text(int4in, text));
+		req->seats_isnull = false;
+	}
+}
+
+static void
+check_transaction_row(void *arg)
+{
+	TransactionRow *row = arg;
+
+	convert_transaction_row(row);
+	celloattr_validate_transaction(&row->req);
 }
 
 Datum
@@ -526,13 +612,14 @@ cello_transaction_trigger(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot = update ? trigdata->tg_newslot : trigdata->tg_trigslot;
 	TupleTableSlot *oldslot = trigdata->tg_trigslot;
 	ValueSource *src = cfg->src;
-	TransactionRequest req;
-	char	   *text;
-	int64		id;
+	TransactionRow row;
+	TransactionRequest *req = &row.req;
+	char	   *why = NULL;
 
-	memset(&req, 0, sizeof(req));
-	req.new_user_id = source_text(&src[T_USER], slot);
-	req.invoice_id = source_text(&src[T_INVOICE], slot);
+	memset(&row, 0, sizeof(row));
+	row.src = src;
+	row.slot = slot;
+	req->amount_isnull = req->paid_at_isnull = req->seats_isnull = true;
 
 	if (src[T_STATUS].given)
 	{
@@ -542,9 +629,9 @@ cello_transaction_trigger(PG_FUNCTION_ARGS)
 		if (update && same_text(status, source_text(&src[T_STATUS], oldslot)))
 			return PointerGetDatum(NULL);
 		if (same_text(status, source_text(&src[T_PAID_STATUS], slot)))
-			req.trigger = "invoice-paid";
+			req->trigger = "invoice-paid";
 		else if (same_text(status, source_text(&src[T_REFUNDED_STATUS], slot)))
-			req.trigger = "charge-refunded";
+			req->trigger = "charge-refunded";
 		else
 			return PointerGetDatum(NULL);
 	}
@@ -554,44 +641,29 @@ cello_transaction_trigger(PG_FUNCTION_ARGS)
 		 * Without a status every row is an event when inserted; an update is
 		 * one only when it changes the kind of event (a refund flag, say).
 		 */
-		req.trigger = source_text(&src[T_TRIGGER], slot);
-		if (update && same_text(req.trigger, source_text(&src[T_TRIGGER], oldslot)))
+		req->trigger = source_text(&src[T_TRIGGER], slot);
+		if (update && same_text(req->trigger, source_text(&src[T_TRIGGER], oldslot)))
 			return PointerGetDatum(NULL);
 	}
 
-	/* a payment of nobody (a guest checkout) has nothing to attribute */
-	if (req.new_user_id == NULL || req.new_user_id[0] == '\0')
+	/*
+	 * Only the invoices of a user with a Cello API attribution are
+	 * celloattr's business: nothing else of the row is read before that is
+	 * known, so no value of anybody else's row can fail the write.
+	 */
+	req->new_user_id = source_text(&src[T_USER], slot);
+	row.attribution_id = celloattr_cello_attribution_of(req->new_user_id);
+	if (row.attribution_id == 0)
 		return PointerGetDatum(NULL);
+	req->invoice_id = source_text(&src[T_INVOICE], slot);
 
-	text = source_text(&src[T_AMOUNT], slot);
-	req.amount_isnull = (text == NULL);
-	if (text != NULL)
-	{
-		req.amount = from_text(numeric_in, text);
-		if (src[T_DIVISOR].given)
-		{
-			/* 1999 cents / 100 is 19.99, not 19.9900000000000000 */
-			req.amount = DirectFunctionCall2(numeric_div, req.amount,
-											 from_text(numeric_in, src[T_DIVISOR].constval));
-			req.amount = DirectFunctionCall1(numeric_trim_scale, req.amount);
-		}
-	}
-
-	req.currency = source_text(&src[T_CURRENCY], slot);
-
-	text = source_text(&src[T_PAID_AT], slot);
-	req.paid_at_isnull = (text == NULL);
-	if (text != NULL)
-		req.paid_at = DatumGetTimestampTz(from_text(timestamptz_in, text));
-	req.interval = source_text(&src[T_INTERVAL], slot);
-	req.product_key = source_text(&src[T_PRODUCT], slot);
-	req.subscription_id = source_text(&src[T_SUBSCRIPTION], slot);
-	text = source_text(&src[T_SEATS], slot);
-	req.seats_isnull = (text == NULL);
-	if (text != NULL)
-		req.seats = DatumGetInt32(from_text(int4in, text));
-
-	/* false: the user has no Cello API attribution, so nothing to send */
-	(void) celloattr_register_transaction(&req, &id);
+	/*
+	 * An attributed user's row that cannot be sent (invalid=warn) is not
+	 * lost: it goes to the support report with what it has, and why.
+	 */
+	if (check_row(check_transaction_row, &row, warns(&src[T_INVALID], slot), trigdata, &why))
+		(void) celloattr_register_transaction(row.attribution_id, req);
+	else
+		celloattr_report_invalid_transaction(row.attribution_id, req, why);
 	return PointerGetDatum(NULL);
 }
