@@ -42,7 +42,13 @@ ensure_deps() {
 		[ -n "$(find /usr/lib/llvm-14 -name 'libclang_rt.fuzzer-*.a' -print -quit 2>/dev/null)" ] ||
 			missing+=(libclang-rt-14-dev)
 	fi
-	[ ${#missing[@]} -eq 0 ] && return 0
+	[ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+	id -u "$TEST_USER" >/dev/null 2>&1 ||
+		die "no user $TEST_USER to run the clusters as (initdb refuses root); set CELLOATTR_TEST_USER"
+}
+
+install_packages() {
+	local missing=("$@") incdir
 	[ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run this as root (or with sudo) to install them"
 	say "installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
