@@ -101,9 +101,10 @@ make_workdir() {
 	echo "$dir"
 }
 
+# (from a directory the test user may enter: the clone may be under /root)
 as_test_user() {
 	if [ "$(id -u)" = 0 ]; then
-		runuser -u "$TEST_USER" -- "$@"
+		(cd / && runuser -u "$TEST_USER" -- "$@")
 	else
 		"$@"
 	fi
@@ -114,7 +115,7 @@ as_test_user() {
 # function is a subshell whose kill would leave the command running.
 as_test_user_exec() {
 	if [ "$(id -u)" = 0 ]; then
-		exec runuser -u "$TEST_USER" -- "$@"
+		cd / && exec runuser -u "$TEST_USER" -- "$@"
 	else
 		exec "$@"
 	fi

@@ -103,7 +103,7 @@ my $config = q{
 is($node->safe_psql($db, $config), $node->safe_psql('celloattr_fresh', $config),
 	'the same tables are kept by pg_dump');
 my $members = q{
-	SELECT string_agg(pg_describe_object(classid, objid, 0), E'\n' ORDER BY 1)
+	SELECT string_agg(pg_describe_object(classid, objid, 0), E'\n' ORDER BY pg_describe_object(classid, objid, 0))
 	  FROM pg_depend d
 	 WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
 	   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'celloattr')};
