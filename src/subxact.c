@@ -139,19 +139,21 @@ celloattr_lent_abort(int level)
 {
 	int			keep = 0;
 
+	/*
+	 * The rows of levels still alive go back to the batch; those of this
+	 * level (or of a child that committed into it) go with it.  Requeueing
+	 * allocates, so it comes first: the copies are dropped only once it is
+	 * done.
+	 */
+	for (int i = 0; i < nlent; i++)
+		if (lent[i]->written_at >= level && lent[i]->row.xact_level < level)
+			celloattr_pending_requeue(&lent[i]->row);
 	for (int i = 0; i < nlent; i++)
 	{
-		LentRow    *l = lent[i];
-
-		if (l->written_at < level)
-			lent[keep++] = l;
+		if (lent[i]->written_at < level)
+			lent[keep++] = lent[i];
 		else
-		{
-			/* a row of this level (or a deeper one) goes with it */
-			if (l->row.xact_level < level)
-				celloattr_pending_requeue(&l->row);
-			drop(l);
-		}
+			drop(lent[i]);
 	}
 	nlent = keep;
 }
