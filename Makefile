@@ -6,6 +6,7 @@ OBJS = \
 	src/guc.o \
 	src/attribute.o \
 	src/pending.o \
+	src/subxact.o \
 	src/statement.o \
 	src/transaction.o \
 	src/validate.o \

@@ -25,11 +25,15 @@
  * statement or utility command that queued it finishes, before a later
  * statement that reads a celloattr table starts (statement.c decides
  * both), when it is full, and at the latest before the transaction
- * commits or prepares.  A subtransaction
- * that aborts takes its rows with it.  A batch written inside a
- * subtransaction that then aborts, while some of its rows belonged to the
- * enclosing transaction, would lose them: the enclosing transaction then
- * refuses to commit rather than commit ids that lead nowhere.
+ * commits or prepares.  A subtransaction that aborts takes its rows with
+ * it, wherever they are in the batch.  A batch written inside a
+ * subtransaction may hold rows of an enclosing level: subxact.c keeps a
+ * copy of those and, if the subtransaction aborts, puts them back into the
+ * batch with their ids, to be written again.
+ *
+ * Each row is inserted as the role that queued it (the owner of the
+ * SECURITY DEFINER function that called us), in one INSERT per run of rows
+ * of one owner.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,6 +59,7 @@
 
 #include "celloattr.h"
 #include "pending.h"
+#include "subxact.h"
 
 /*
  * Rows per INSERT: enough that the statement's fixed cost disappears, few
@@ -69,7 +74,7 @@ enum
 	C_SIGNUP_API, C_SIGNED_UP_AT, C_REASON, C_FORCE, C_DRY_RUN,
 	C_REQUESTED_BY, C_STATE, C_FINISHED_AT, NCOLUMNS
 };
-static const Oid column_types[NCOLUMNS] = {
+const Oid	celloattr_column_types[NCOLUMNS] = {
 	INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
 	TEXTOID, TEXTOID, TIMESTAMPTZOID
@@ -80,63 +85,27 @@ enum
 {
 	J_ATTRIBUTION, J_KIND, J_STAGE, J_STATE, NJOBCOLUMNS
 };
-static const Oid job_column_types[NJOBCOLUMNS] = {
+const Oid	celloattr_step_column_types[NJOBCOLUMNS] = {
 	INT8OID, TEXTOID, INT2OID, TEXTOID
 };
 
-/* What makes an attribution live for a user: the unique index's key. */
-typedef struct UserKey
-{
-	const char *gateway;
-	const char *new_user_id;
-	bool		dry_run;
-} UserKey;
-
-typedef struct UserEntry
-{
-	UserKey		key;
-	int			row;
-} UserEntry;
-
-typedef struct PendingRow
-{
-	UserKey		key;			/* strings in the batch's context */
-	int			xact_level;		/* (sub)transaction it belongs to */
-	int			first_step;		/* its steps start there in steps[] */
-} PendingRow;
+StaticAssertDecl(NCOLUMNS == PENDING_NCOLUMNS, "pending.h counts the columns");
+StaticAssertDecl(NJOBCOLUMNS == PENDING_NSTEPCOLUMNS, "pending.h counts the step columns");
 
 typedef struct Pending
 {
-	MemoryContext context;		/* the strings and the hash table */
-	HTAB	   *users;			/* UserKey -> row */
-	Oid			owner;			/* the role the rows are inserted as */
+	MemoryContext context;		/* the rows, their values, the hash table */
+	HTAB	   *users;			/* PendingUserKey, of each row */
 	int			max_depth;		/* deepest statement nesting of a call */
 	int			nrows;
-	PendingRow	rows[PENDING_BATCH];
-	ArrayColumn columns[NCOLUMNS];	/* the rows, in the batch's context */
-	ArrayColumn steps[NJOBCOLUMNS];	/* their first steps */
+	int			maxrows;		/* room in rows[] */
+	PendingRow *rows;			/* in no order of level */
 } Pending;
 
 static Pending *pending = NULL;
 
 /* attribute.c's careful path runs: what it reads is never a queued user */
 static bool holding = false;
-
-/*
- * Batches written inside a subtransaction that hold rows of an enclosing
- * level: (subtransaction level, lowest row level) pairs.  If that
- * subtransaction aborts, the enclosing one must not commit.
- */
-typedef struct Exposure
-{
-	int			level;
-	int			lowest_row_level;
-} Exposure;
-
-#define MAX_EXPOSURES 8
-static Exposure exposures[MAX_EXPOSURES];
-static int	nexposures = 0;
-static bool rows_lost = false;
 
 /* Looked up by each call (the extension may be re-created any time). */
 static Oid	schema_oid;
@@ -149,7 +118,7 @@ static SPIPlanPtr flush_plan = NULL;
 static uint32
 user_key_hash(const void *key, Size keysize)
 {
-	const UserKey *k = key;
+	const PendingUserKey *k = key;
 
 	return hash_bytes((const unsigned char *) k->new_user_id,
 					  strlen(k->new_user_id)) ^
@@ -160,8 +129,8 @@ user_key_hash(const void *key, Size keysize)
 static int
 user_key_match(const void *key1, const void *key2, Size keysize)
 {
-	const UserKey *a = key1;
-	const UserKey *b = key2;
+	const PendingUserKey *a = key1;
+	const PendingUserKey *b = key2;
 
 	return (a->dry_run == b->dry_run &&
 			strcmp(a->new_user_id, b->new_user_id) == 0 &&
@@ -187,11 +156,10 @@ pending_reset(void)
 	old = MemoryContextSwitchTo(pending->context);
 	pending->nrows = 0;
 	pending->max_depth = 0;
-	celloattr_columns_init(pending->columns, column_types, NCOLUMNS, PENDING_BATCH);
-	celloattr_columns_init(pending->steps, job_column_types, NJOBCOLUMNS,
-						   PENDING_BATCH * CELLOATTR_MAX_FIRST_STEPS);
-	ctl.keysize = sizeof(UserKey);
-	ctl.entrysize = sizeof(UserEntry);
+	pending->maxrows = 16;
+	pending->rows = palloc(pending->maxrows * sizeof(PendingRow));
+	ctl.keysize = sizeof(PendingUserKey);
+	ctl.entrysize = sizeof(PendingUserKey);
 	ctl.hash = user_key_hash;
 	ctl.match = user_key_match;
 	ctl.hcxt = pending->context;
@@ -204,6 +172,45 @@ static inline bool
 have_rows(void)
 {
 	return pending != NULL && pending->nrows > 0;
+}
+
+/*
+ * Room for one more row at the batch's end (not yet counted).  The array
+ * starts small (most statements queue a few rows) and grows; a call flushes
+ * a full batch first, and rows given back by an aborted subtransaction are
+ * those the batch held when it began, so it stays near PENDING_BATCH rows.
+ */
+static PendingRow *
+next_row(void)
+{
+	if (pending->nrows == pending->maxrows)
+	{
+		pending->maxrows *= 2;
+		pending->rows = repalloc(pending->rows, pending->maxrows * sizeof(PendingRow));
+	}
+	return &pending->rows[pending->nrows];
+}
+
+/* The row is complete: count it, and find it by its user. */
+static void
+add_row(PendingRow *row)
+{
+	(void) hash_search(pending->users, &row->key, HASH_ENTER, NULL);
+	pending->max_depth = Max(pending->max_depth, row->depth);
+	pending->nrows++;
+}
+
+void
+celloattr_pending_requeue(const PendingRow *row)
+{
+	MemoryContext old;
+
+	/* a row was lent, so a batch was written: the batch exists */
+	Assert(pending != NULL);
+	old = MemoryContextSwitchTo(pending->context);
+	celloattr_row_copy(next_row(), row);
+	add_row(&pending->rows[pending->nrows]);
+	MemoryContextSwitchTo(old);
 }
 
 static void
@@ -226,7 +233,7 @@ lookup_relations(void)
  * by a transaction still running (ours included)?
  */
 static bool
-live_attribution_exists(const UserKey *key)
+live_attribution_exists(const PendingUserKey *key)
 {
 	Relation	heap = table_open(attributions_oid, RowExclusiveLock);
 	Relation	index = index_open(live_user_index_oid, RowExclusiveLock);
@@ -256,48 +263,59 @@ live_attribution_exists(const UserKey *key)
 	return found;
 }
 
-/* Write the batch: one INSERT of the attributions and their first steps. */
-void
-celloattr_pending_flush(void)
+/* One INSERT of the batch: its rows' owner and its array parameters. */
+typedef struct FlushGroup
 {
+	Oid			owner;
+	int			nsteps;
 	Oid			types[NCOLUMNS + NJOBCOLUMNS];
 	Datum		params[NCOLUMNS + NJOBCOLUMNS];
-	int			nrows,
-				nsteps,
-				lowest_level = INT_MAX;
-	Oid			owner,
-				save_userid;
+} FlushGroup;
+
+/* The arrays of n rows (they copy the values: the batch may go). */
+static FlushGroup *
+group_rows(const PendingRow *rows, int n)
+{
+	FlushGroup *g = palloc(sizeof(FlushGroup));
+	ArrayColumn cols[NCOLUMNS + NJOBCOLUMNS];
+
+	celloattr_columns_init(cols, celloattr_column_types, NCOLUMNS, n);
+	celloattr_columns_init(cols + NCOLUMNS, celloattr_step_column_types, NJOBCOLUMNS,
+						   n * CELLOATTR_MAX_FIRST_STEPS);
+	for (int i = 0; i < n; i++)
+	{
+		for (int c = 0; c < NCOLUMNS; c++)
+			celloattr_column_add(&cols[c], rows[i].values[c], rows[i].nulls[c]);
+		for (int s = 0; s < rows[i].nsteps; s++)
+			for (int c = 0; c < NJOBCOLUMNS; c++)
+				celloattr_column_add(&cols[NCOLUMNS + c], rows[i].steps[s][c],
+									 rows[i].step_nulls[s][c]);
+	}
+	g->owner = rows[0].owner;
+	g->nsteps = cols[NCOLUMNS].n;
+	celloattr_column_params(cols, NCOLUMNS + NJOBCOLUMNS, g->types, g->params);
+	for (int c = 0; c < NCOLUMNS + NJOBCOLUMNS; c++)
+	{
+		pfree(cols[c].values);
+		pfree(cols[c].nulls);
+	}
+	return g;
+}
+
+/* Insert one group, as its owner, with nothing of the caller's search_path. */
+static void
+write_group(FlushGroup *g)
+{
+	MemoryContext flush_context = CurrentMemoryContext;
+	Oid			save_userid;
 	int			save_sec_context,
 				save_nestlevel;
 	bool		pushed_snapshot;
-	MemoryContext flush_context = CurrentMemoryContext;
+	Oid		   *types = g->types;
+	Datum	   *params = g->params;
 
-	if (!have_rows())
-		return;
-
-	/* the arrays are copies: the batch is empty before any SQL runs */
-	nrows = pending->nrows;
-	nsteps = pending->steps[0].n;
-	celloattr_column_params(pending->columns, NCOLUMNS, types, params);
-	celloattr_column_params(pending->steps, NJOBCOLUMNS, types + NCOLUMNS,
-							params + NCOLUMNS);
-	for (int i = 0; i < nrows; i++)
-		lowest_level = Min(lowest_level, pending->rows[i].xact_level);
-	owner = pending->owner;
-	pending_reset();
-
-	if (lowest_level < GetCurrentTransactionNestLevel())
-	{
-		if (nexposures == MAX_EXPOSURES)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("too many nested subtransactions hold queued attributions")));
-		exposures[nexposures++] = (Exposure) {GetCurrentTransactionNestLevel(), lowest_level};
-	}
-
-	/* as the extension's owner, with nothing of the caller's search_path */
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(g->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
@@ -352,7 +370,7 @@ celloattr_pending_flush(void)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	if (celloattr_first_int8() != nsteps)
+	if (celloattr_first_int8() != g->nsteps)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("celloattr.installation has no row"),
@@ -365,6 +383,42 @@ celloattr_pending_flush(void)
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
+/*
+ * Write the batch: an INSERT of the attributions and their first steps per
+ * PENDING_BATCH rows of one owner.
+ */
+void
+celloattr_pending_flush(void)
+{
+	List	   *groups = NIL;
+	ListCell   *lc;
+	int			start = 0;
+
+	if (!have_rows())
+		return;
+
+	while (start < pending->nrows)
+	{
+		int			end = start + 1;
+
+		while (end < pending->nrows && end - start < PENDING_BATCH &&
+			   pending->rows[end].owner == pending->rows[start].owner)
+			end++;
+		groups = lappend(groups, group_rows(&pending->rows[start], end - start));
+		start = end;
+	}
+
+	/*
+	 * Copies of what an abort of this subtransaction would take away; then
+	 * the batch is empty before any SQL runs (which may look at it).  A row
+	 * is in the batch or lent, never both.
+	 */
+	celloattr_lend_rows(pending->rows, pending->nrows);
+	pending_reset();
+	foreach(lc, groups)
+		write_group(lfirst(lc));
+}
+
 bool
 celloattr_pending_usable(void)
 {
@@ -373,16 +427,27 @@ celloattr_pending_usable(void)
 	return celloattr_preloaded && !celloattr_am_worker;
 }
 
+static inline void
+set_text(PendingRow *row, int c, const char *s)
+{
+	row->nulls[c] = (s == NULL);
+	row->values[c] = s ? CStringGetTextDatum(s) : (Datum) 0;
+}
+
+static inline void
+set_value(PendingRow *row, int c, Datum value, bool isnull)
+{
+	row->values[c] = value;
+	row->nulls[c] = isnull;
+}
+
 int64
 celloattr_pending_queue(const QueuedAttribution *a)
 {
 	const AttributionRequest *req = a->req;
-	UserKey		key;
-	UserEntry  *entry;
+	PendingUserKey key;
 	PendingRow *row;
-	ArrayColumn *c;
 	MemoryContext old;
-	int			n;
 	int64		id;
 
 	if (pending == NULL)
@@ -401,55 +466,48 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	if (live_attribution_exists(&key))
 		return 0;
 
-	if (have_rows() && pending->owner != GetUserId())
-		celloattr_pending_flush();
-	if (pending->nrows == PENDING_BATCH)
+	if (pending->nrows >= PENDING_BATCH)
 		celloattr_pending_flush();
 
 	id = nextval_internal(id_sequence_oid, false);
-	n = pending->nrows;
-	row = &pending->rows[n];
 	old = MemoryContextSwitchTo(pending->context);
-	c = pending->columns;
-	celloattr_column_add(&c[C_ID], Int64GetDatum(id), false);
-	celloattr_column_text(&c[C_UCC], req->ucc);
-	celloattr_column_text(&c[C_USER], req->new_user_id);
-	celloattr_column_text(&c[C_GATEWAY], req->gateway);
-	celloattr_column_text(&c[C_CUSTOMER], req->customer_id);
-	celloattr_column_text(&c[C_EMAIL], req->email);
-	celloattr_column_text(&c[C_NAME], req->name);
-	celloattr_column_text(&c[C_ORG], req->organization_id);
-	celloattr_column_add(&c[C_SIGNUP_API], BoolGetDatum(a->signup_via_api), false);
-	celloattr_column_add(&c[C_SIGNED_UP_AT], TimestampTzGetDatum(req->signed_up_at),
-						 req->signed_up_at_isnull);
-	celloattr_column_text(&c[C_REASON], req->reason);
-	celloattr_column_add(&c[C_FORCE], BoolGetDatum(req->force), false);
-	celloattr_column_add(&c[C_DRY_RUN], BoolGetDatum(req->dry_run), false);
-	celloattr_column_text(&c[C_REQUESTED_BY], a->requested_by);
-	celloattr_column_text(&c[C_STATE], a->state);
-	celloattr_column_add(&c[C_FINISHED_AT],
-						 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
-						 !a->finished);
-
+	row = next_row();
+	set_value(row, C_ID, Int64GetDatum(id), false);
+	set_text(row, C_UCC, req->ucc);
+	set_text(row, C_USER, req->new_user_id);
+	set_text(row, C_GATEWAY, req->gateway);
+	set_text(row, C_CUSTOMER, req->customer_id);
+	set_text(row, C_EMAIL, req->email);
+	set_text(row, C_NAME, req->name);
+	set_text(row, C_ORG, req->organization_id);
+	set_value(row, C_SIGNUP_API, BoolGetDatum(a->signup_via_api), false);
+	set_value(row, C_SIGNED_UP_AT, TimestampTzGetDatum(req->signed_up_at),
+			  req->signed_up_at_isnull);
+	set_text(row, C_REASON, req->reason);
+	set_value(row, C_FORCE, BoolGetDatum(req->force), false);
+	set_value(row, C_DRY_RUN, BoolGetDatum(req->dry_run), false);
+	set_text(row, C_REQUESTED_BY, a->requested_by);
+	set_text(row, C_STATE, a->state);
+	set_value(row, C_FINISHED_AT,
+			  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+			  !a->finished);
+	row->nsteps = a->nsteps;
+	for (int i = 0; i < a->nsteps; i++)
+	{
+		row->steps[i][J_ATTRIBUTION] = Int64GetDatum(id);
+		row->steps[i][J_KIND] = CStringGetTextDatum(a->steps[i].kind);
+		row->steps[i][J_STAGE] = Int16GetDatum(a->steps[i].stage);
+		row->steps[i][J_STATE] = CStringGetTextDatum(a->steps[i].state);
+		memset(row->step_nulls[i], false, sizeof(row->step_nulls[i]));
+	}
 	row->key.gateway = pstrdup(req->gateway);
 	row->key.new_user_id = pstrdup(req->new_user_id);
 	row->key.dry_run = req->dry_run;
 	row->xact_level = GetCurrentTransactionNestLevel();
-	row->first_step = pending->steps[0].n;
-	for (int i = 0; i < a->nsteps; i++)
-	{
-		celloattr_column_add(&pending->steps[J_ATTRIBUTION], Int64GetDatum(id), false);
-		celloattr_column_text(&pending->steps[J_KIND], a->steps[i].kind);
-		celloattr_column_add(&pending->steps[J_STAGE], Int16GetDatum(a->steps[i].stage), false);
-		celloattr_column_text(&pending->steps[J_STATE], a->steps[i].state);
-	}
+	row->depth = celloattr_executor_depth;
+	row->owner = GetUserId();
+	add_row(row);
 	MemoryContextSwitchTo(old);
-
-	entry = hash_search(pending->users, &row->key, HASH_ENTER, NULL);
-	entry->row = n;
-	pending->owner = GetUserId();
-	pending->max_depth = Max(pending->max_depth, celloattr_executor_depth);
-	pending->nrows = n + 1;
 	return id;
 }
 
@@ -495,20 +553,13 @@ pending_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
 			celloattr_pending_flush();
-			if (rows_lost)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("attributions queued by this transaction were undone with a subtransaction"),
-						 errdetail("They were written inside a subtransaction that rolled back, so the ids returned for them lead nowhere."),
-						 errhint("Run the transaction again.")));
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PREPARE:
 			if (have_rows())
 				pending_reset();
-			nexposures = 0;
-			rows_lost = false;
+			celloattr_lent_forget();
 			holding = false;
 			break;
 		default:
@@ -521,52 +572,38 @@ pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
 	int			level = GetCurrentTransactionNestLevel();
-	int			keep = 0;
 
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
-		/* rows queued in the subtransaction are the batch's tail */
+		/* the subtransaction's rows go, wherever they are in the batch */
 		if (have_rows())
 		{
-			int			n = pending->nrows;
+			int			keep = 0;
 
-			while (n > 0 && pending->rows[n - 1].xact_level >= level)
+			for (int i = 0; i < pending->nrows; i++)
 			{
-				n--;
-				hash_search(pending->users, &pending->rows[n].key, HASH_REMOVE, NULL);
+				if (pending->rows[i].xact_level >= level)
+					hash_search(pending->users, &pending->rows[i].key, HASH_REMOVE, NULL);
+				else
+				{
+					if (keep != i)
+						pending->rows[keep] = pending->rows[i];
+					keep++;
+				}
 			}
-			if (n < pending->nrows)
-			{
-				for (int c = 0; c < NCOLUMNS; c++)
-					pending->columns[c].n = n;
-				for (int c = 0; c < NJOBCOLUMNS; c++)
-					pending->steps[c].n = pending->rows[n].first_step;
-			}
-			pending->nrows = n;
+			pending->nrows = keep;
 		}
-		for (int i = 0; i < nexposures; i++)
-		{
-			if (exposures[i].level >= level)
-				rows_lost |= exposures[i].lowest_row_level < level;
-			else
-				exposures[keep++] = exposures[i];
-		}
-		nexposures = keep;
+		/* and the rows of enclosing levels it wrote come back */
+		celloattr_lent_abort(level);
 		holding = false;
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
 		if (have_rows())
-			for (int n = pending->nrows; n > 0 && pending->rows[n - 1].xact_level >= level; n--)
-				pending->rows[n - 1].xact_level = level - 1;
-		for (int i = 0; i < nexposures; i++)
-		{
-			if (exposures[i].level >= level)
-				exposures[i].level = level - 1;
-			if (exposures[i].lowest_row_level < exposures[i].level)
-				exposures[keep++] = exposures[i];
-		}
-		nexposures = keep;
+			for (int i = 0; i < pending->nrows; i++)
+				if (pending->rows[i].xact_level >= level)
+					pending->rows[i].xact_level = level - 1;
+		celloattr_lent_commit(level);
 	}
 }
 
