@@ -72,6 +72,13 @@ extern bool http_engine_add(HttpEngine *engine, HttpExchange *exchange);
  */
 extern void http_engine_send_added(HttpEngine *engine);
 
+/*
+ * End a transfer in flight now (nothing if it is not): the exchange gets
+ * reason as its error and is not handed to the callback.
+ */
+extern void http_engine_cancel(HttpEngine *engine, HttpExchange *exchange,
+							   const char *reason);
+
 /* Transfers in flight. */
 extern int	http_engine_in_flight(HttpEngine *engine);
 

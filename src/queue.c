@@ -242,7 +242,7 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 			"SELECT * FROM claimed ORDER BY id",
 			2, types);
 	values[0] = Int32GetDatum(max_jobs);
-	values[1] = Int32GetDatum(celloattr_lease);
+	values[1] = Int32GetDatum(worker_lease_seconds());
 	celloattr_execute(claim_plan, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
