@@ -16,6 +16,7 @@ OBJS = \
 	src/worker.o \
 	src/queue.o \
 	src/record.o \
+	src/dbtext.o \
 	src/retention.o \
 	src/http.o \
 	src/job.o \

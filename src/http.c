@@ -326,25 +326,6 @@ http_add_header(HttpExchange *exchange, const char *fmt,...)
 	exchange->headers[exchange->nheaders++] = buf.data;
 }
 
-char *
-http_logged_headers(const HttpExchange *exchange)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int i = 0; i < exchange->nheaders; i++)
-	{
-		const char *h = exchange->headers[i];
-
-		if (pg_strncasecmp(h, "authorization:", 14) == 0)
-			appendStringInfoString(&buf, "Authorization: [redacted]");
-		else
-			appendStringInfoString(&buf, h);
-		appendStringInfoChar(&buf, '\n');
-	}
-	return buf.data;
-}
-
 static void
 free_transfer(Transfer *t)
 {
@@ -460,7 +441,11 @@ finish_transfer(HttpEngine *engine, CURL *h, CURLcode result,
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &ex->status);
 	curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);
 	ex->duration_ms = total_us / 1000.0;
-	ex->response = pnstrdup(t->data ? t->data : "", t->len);
+	/* every byte, NULs too: the log shows them (dbtext.c) */
+	ex->response = palloc(t->len + 1);
+	if (t->len > 0)
+		memcpy(ex->response, t->data, t->len);
+	ex->response[t->len] = '\0';
 	ex->response_len = t->len;
 	ex->retry_after = t->retry_after[0] ? pstrdup(t->retry_after) : NULL;
 	ex->should_retry = t->should_retry[0] ? pstrdup(t->should_retry) : NULL;

@@ -92,7 +92,7 @@ extern bool http_engine_wait(HttpEngine *engine, long timeout_ms);
 /* Add a header line to a request. */
 extern void http_add_header(HttpExchange *exchange, const char *fmt,...) pg_attribute_printf(2, 3);
 
-/* The exchange's request headers as the log may show them. */
+/* dbtext.c: the exchange's request headers as the log may show them. */
 extern char *http_logged_headers(const HttpExchange *exchange);
 
 #endif							/* CELLOATTR_HTTP_H */

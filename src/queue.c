@@ -29,6 +29,7 @@
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
+#include "dbtext.h"
 #include "worker.h"
 
 static SPIPlanPtr claim_plan = NULL;
@@ -128,10 +129,11 @@ queue_requeue_orphans(void)
 	return true;
 }
 
+/* A text column as the UTF-8 the worker sends providers. */
 static char *
 copy_text(HeapTuple tuple, TupleDesc desc, int col)
 {
-	return SPI_getvalue(tuple, desc, col);
+	return worker_text(SPI_getvalue(tuple, desc, col));
 }
 
 static bool
