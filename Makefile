@@ -17,6 +17,7 @@ OBJS = \
 	src/worker.o \
 	src/queue.o \
 	src/record.o \
+	src/dbtext.o \
 	src/retention.o \
 	src/http.o \
 	src/job.o \

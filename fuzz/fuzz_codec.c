@@ -7,7 +7,8 @@
  * Besides crashes and sanitizer reports, it checks the properties the
  * worker relies on: an encoded value decodes to exactly itself and can add
  * no parameter, path segment or header line; a quoted JSON string parses
- * back to itself; and no answer, however malformed, upsets the accessors.
+ * back to itself; no answer, however malformed, upsets the accessors; and
+ * an answer's JSON as the worker stores it in jsonb holds no NUL.
  *
  *-------------------------------------------------------------------------
  */
@@ -87,6 +88,52 @@ check_encoding(const char *value)
 	pfree(form.data);
 }
 
+/* True if a string anywhere in the value (keys too) holds a NUL. */
+static bool
+holds_nul(struct json_object *obj)
+{
+	if (json_object_is_type(obj, json_type_string))
+		return strlen(json_object_get_string(obj)) != (size_t) json_object_get_string_len(obj);
+	if (json_object_is_type(obj, json_type_array))
+	{
+		for (size_t i = 0; i < json_object_array_length(obj); i++)
+			if (holds_nul(json_object_array_get_idx(obj, i)))
+				return true;
+	}
+	else if (json_object_is_type(obj, json_type_object))
+	{
+		json_object_object_foreach(obj, key, value)
+		{
+			if (holds_nul(value))
+				return true;
+			(void) key;
+		}
+	}
+	return false;
+}
+
+/*
+ * What the worker writes to jsonb from a value: JSON again, with no NUL
+ * left in any string, and what it turns into is written the same way.
+ */
+static void
+check_jsonb_text(struct json_object *obj)
+{
+	char	   *text = json_text(obj);
+	char	   *stored = json_for_jsonb(text);
+	struct json_object *back = json_parse(stored);
+	char	   *again;
+
+	CHECK(back != NULL);
+	CHECK(!holds_nul(back));
+	again = json_for_jsonb(json_text(back));
+	CHECK(strcmp(again, stored) == 0);
+	json_object_put(back);
+	pfree(again);
+	pfree(stored);
+	pfree(text);
+}
+
 static void
 check_json(const char *text)
 {
@@ -117,8 +164,11 @@ check_json(const char *text)
 	s = json_list_ids(json_at(obj, "data"), "id");
 	if (s)
 		pfree(s);
-	if (obj)
-		pfree(json_text(obj));
+	/* what the worker stores are objects and arrays (json_parse takes no
+	 * bare number: it cannot tell where one ends) */
+	if (json_object_is_type(obj, json_type_object) ||
+		json_object_is_type(obj, json_type_array))
+		check_jsonb_text(obj);
 	json_object_put(obj);
 	s = json_message_at(text, "error.message");
 	if (s)

@@ -33,6 +33,7 @@ SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-1', 'stripe', reason => re
 -- multi-byte text counts characters, not bytes: 500 emoji fit
 SELECT celloattr.cello_attribute('pNRB1aYqArN', repeat('😀', 500), 'stripe', dry_run => true) > 0 AS accepted;
 SELECT celloattr.cello_attribute('pNRB1aYqArN', repeat('😀', 501), 'stripe');
+SELECT celloattr.cello_attribute('pNRB1aYqArN', 'a' || repeat('é', 500), 'stripe');
 
 -- control characters
 SELECT celloattr.cello_attribute('pNRB1aYqArN', E'user\n1', 'stripe');

@@ -53,7 +53,8 @@ struct HttpEngine
 	int			maxsockets;
 	bool		sockets_changed;
 	bool		out_of_memory;	/* a callback could not grow its array */
-	long		curl_timeout_ms;	/* -1: curl wants no timer */
+	bool		timer_set;		/* curl wants to be called at timer_due */
+	TimestampTz timer_due;
 	WaitEventSet *set;
 	MemoryContext cxt;
 	CURL	   *idle[HTTP_IDLE_HANDLES];	/* easy handles kept for reuse */
@@ -196,11 +197,41 @@ socket_callback(CURL *easy, curl_socket_t fd, int what, void *userp,
 	return 0;
 }
 
+/*
+ * curl asks to be called timeout_ms from now (-1: never).  Kept as a point
+ * in time: a wait cut short by the latch or another socket must not start
+ * the timer over, or a stalled transfer outlives its timeouts for as long
+ * as anything else keeps the worker busy.
+ */
 static int
 timer_callback(CURLM *multi, long timeout_ms, void *userp)
 {
-	((HttpEngine *) userp)->curl_timeout_ms = timeout_ms;
+	HttpEngine *engine = (HttpEngine *) userp;
+
+	engine->timer_set = timeout_ms >= 0;
+	if (engine->timer_set)
+		engine->timer_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														timeout_ms);
 	return 0;
+}
+
+/*
+ * Let curl handle the timeouts that are due (connect and request timeouts
+ * among them), whatever else woke us.  curl may at once ask to be called
+ * again ("0 ms from now"): a few rounds, not a spin.
+ */
+static void
+run_due_timers(HttpEngine *engine)
+{
+	int			running;
+
+	for (int round = 0; round < 8; round++)
+	{
+		if (!engine->timer_set || GetCurrentTimestamp() < engine->timer_due)
+			break;
+		engine->timer_set = false;
+		curl_multi_socket_action(engine->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
 }
 
 /*
@@ -242,7 +273,6 @@ http_engine_create(HttpDoneCallback done)
 	engine->cxt = AllocSetContextCreate(TopMemoryContext, "celloattr http",
 										ALLOCSET_SMALL_SIZES);
 	engine->done = done;
-	engine->curl_timeout_ms = -1;
 	engine->sockets_changed = true;
 	engine->multi = curl_multi_init();
 	if (engine->multi == NULL)
@@ -294,25 +324,6 @@ http_add_header(HttpExchange *exchange, const char *fmt,...)
 		enlargeStringInfo(&buf, needed);
 	}
 	exchange->headers[exchange->nheaders++] = buf.data;
-}
-
-char *
-http_logged_headers(const HttpExchange *exchange)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int i = 0; i < exchange->nheaders; i++)
-	{
-		const char *h = exchange->headers[i];
-
-		if (pg_strncasecmp(h, "authorization:", 14) == 0)
-			appendStringInfoString(&buf, "Authorization: [redacted]");
-		else
-			appendStringInfoString(&buf, h);
-		appendStringInfoChar(&buf, '\n');
-	}
-	return buf.data;
 }
 
 static void
@@ -409,9 +420,14 @@ http_engine_in_flight(HttpEngine *engine)
 	return engine->in_flight;
 }
 
-/* Move a finished transfer's results into the exchange and hand it back. */
+/*
+ * Move a finished transfer's results into the exchange and hand it back
+ * through the callback; or, with cancelled (the reason), end it where it
+ * stands and leave the exchange to the caller.
+ */
 static void
-finish_transfer(HttpEngine *engine, CURL *h, CURLcode result)
+finish_transfer(HttpEngine *engine, CURL *h, CURLcode result,
+				const char *cancelled)
 {
 	Transfer   *t;
 	HttpExchange *ex;
@@ -425,13 +441,22 @@ finish_transfer(HttpEngine *engine, CURL *h, CURLcode result)
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &ex->status);
 	curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);
 	ex->duration_ms = total_us / 1000.0;
-	ex->response = pnstrdup(t->data ? t->data : "", t->len);
+	/* every byte, NULs too: the log shows them (dbtext.c) */
+	ex->response = palloc(t->len + 1);
+	if (t->len > 0)
+		memcpy(ex->response, t->data, t->len);
+	ex->response[t->len] = '\0';
 	ex->response_len = t->len;
 	ex->retry_after = t->retry_after[0] ? pstrdup(t->retry_after) : NULL;
 	ex->should_retry = t->should_retry[0] ? pstrdup(t->should_retry) : NULL;
 	ex->replayed = t->replayed;
 
-	if (t->too_large)
+	if (cancelled)
+	{
+		ex->error = pstrdup(cancelled);
+		ex->duration_ms = (GetCurrentTimestamp() - ex->started_at) / 1000.0;
+	}
+	else if (t->too_large)
 		ex->error = psprintf("response larger than %d bytes", HTTP_MAX_RESPONSE_BYTES);
 	else if (t->no_memory || result == CURLE_OUT_OF_MEMORY)
 	{
@@ -460,7 +485,16 @@ finish_transfer(HttpEngine *engine, CURL *h, CURLcode result)
 	ReleaseExternalFD();
 	ex->handle = NULL;
 	engine->in_flight--;
-	engine->done(ex);
+	if (!cancelled)
+		engine->done(ex);
+}
+
+void
+http_engine_cancel(HttpEngine *engine, HttpExchange *exchange,
+				   const char *reason)
+{
+	if (exchange->handle != NULL)
+		finish_transfer(engine, exchange->handle, CURLE_OK, reason);
 }
 
 static void
@@ -471,7 +505,7 @@ deliver_finished(HttpEngine *engine)
 
 	while ((msg = curl_multi_info_read(engine->multi, &pending)) != NULL)
 		if (msg->msg == CURLMSG_DONE)
-			finish_transfer(engine, msg->easy_handle, msg->data.result);
+			finish_transfer(engine, msg->easy_handle, msg->data.result, NULL);
 }
 
 void
@@ -517,12 +551,15 @@ http_engine_wait(HttpEngine *engine, long timeout_ms)
 	int			n;
 	int			running;
 	bool		latch_set = false;
-	bool		curl_timer = false;
 
-	if (engine->curl_timeout_ms >= 0 && engine->curl_timeout_ms <= timeout_ms)
+	/* a timer already due makes this a look at the sockets, no sleep */
+	if (engine->timer_set)
 	{
-		timeout_ms = engine->curl_timeout_ms;
-		curl_timer = true;
+		long		until_timer = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																  engine->timer_due);
+
+		if (timeout_ms < 0 || until_timer < timeout_ms)
+			timeout_ms = until_timer;
 	}
 	if (engine->sockets_changed || engine->set == NULL)
 		rebuild_wait_set(engine);
@@ -546,9 +583,8 @@ http_engine_wait(HttpEngine *engine, long timeout_ms)
 		if (flags)
 			curl_multi_socket_action(engine->multi, events[i].fd, flags, &running);
 	}
-	/* curl's timer ran out while we slept: let it handle its timeouts */
-	if (n == 0 && curl_timer)
-		curl_multi_socket_action(engine->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	/* due timers run even when sockets or the latch woke us */
+	run_due_timers(engine);
 
 	deliver_finished(engine);
 	/* the next requests of the steps just answered go out before we return */

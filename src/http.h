@@ -72,6 +72,13 @@ extern bool http_engine_add(HttpEngine *engine, HttpExchange *exchange);
  */
 extern void http_engine_send_added(HttpEngine *engine);
 
+/*
+ * End a transfer in flight now (nothing if it is not): the exchange gets
+ * reason as its error and is not handed to the callback.
+ */
+extern void http_engine_cancel(HttpEngine *engine, HttpExchange *exchange,
+							   const char *reason);
+
 /* Transfers in flight. */
 extern int	http_engine_in_flight(HttpEngine *engine);
 
@@ -85,7 +92,7 @@ extern bool http_engine_wait(HttpEngine *engine, long timeout_ms);
 /* Add a header line to a request. */
 extern void http_add_header(HttpExchange *exchange, const char *fmt,...) pg_attribute_printf(2, 3);
 
-/* The exchange's request headers as the log may show them. */
+/* dbtext.c: the exchange's request headers as the log may show them. */
 extern char *http_logged_headers(const HttpExchange *exchange);
 
 #endif							/* CELLOATTR_HTTP_H */

@@ -18,12 +18,16 @@
 
 #include <math.h>
 
+#include "mb/pg_wchar.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
 #include "job.h"
 #include "json.h"
 #include "providers.h"
+
+/* Longest message kept for a step's verdict (bytes). */
+#define MAX_MESSAGE_BYTES 1024
 
 /* Longest we believe a Retry-After: a day. */
 #define MAX_RETRY_AFTER_SECONDS 86400.0
@@ -129,11 +133,32 @@ pg_attribute_printf(3, 0);
 static void
 settle(Job *job, JobVerdict verdict, const char *fmt, va_list args)
 {
-	char		buf[1024];
+	StringInfoData buf;
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
-	vsnprintf(buf, sizeof(buf), fmt, args);
+	initStringInfo(&buf);
+	for (;;)
+	{
+		va_list		copy;
+		int			needed;
+
+		va_copy(copy, args);
+		needed = appendStringInfoVA(&buf, fmt, copy);
+		va_end(copy);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	/* a message quoting a provider stays short; cut between characters */
+	if (buf.len > MAX_MESSAGE_BYTES)
+	{
+		buf.len = pg_encoding_mbcliplen(PG_UTF8, buf.data, buf.len, MAX_MESSAGE_BYTES);
+		buf.data[buf.len] = '\0';
+		appendStringInfoString(&buf, "...");
+	}
 	job->verdict = verdict;
-	job->error = MemoryContextStrdup(job->cxt, buf);
+	job->error = buf.data;
+	MemoryContextSwitchTo(old);
 }
 
 void

@@ -117,7 +117,9 @@ struct Job
 	void	   *state;			/* the step's own */
 	HttpExchange *pending;		/* request waiting for a pacing token */
 	List	   *exchanges;		/* every request made, for the log */
-	dlist_node	node;
+	dlist_node	node;			/* in the list of steps waiting for pace */
+	dlist_node	running_node;	/* in the list of running steps */
+	TimestampTz lease_ends;		/* settled by then, or aborted and retried */
 
 	/* outcome */
 	JobVerdict	verdict;

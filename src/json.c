@@ -177,3 +177,34 @@ json_message_at(const char *body, const char *path)
 	json_object_put(obj);
 	return message;
 }
+
+char *
+json_for_jsonb(const char *json)
+{
+	StringInfoData buf;
+	bool		in_string = false;
+
+	initStringInfo(&buf);
+	for (const char *p = json; *p; p++)
+	{
+		if (in_string && p[0] == '\\' && p[1] != '\0')
+		{
+			/* jsonb cannot hold U+0000: the escape becomes the text \x00 */
+			if (strncmp(p + 1, "u0000", 5) == 0)
+			{
+				appendStringInfoString(&buf, "\\\\x00");
+				p += 5;
+			}
+			else
+			{
+				appendStringInfoChar(&buf, p[0]);
+				appendStringInfoChar(&buf, *++p);
+			}
+			continue;
+		}
+		if (*p == '"')
+			in_string = !in_string;
+		appendStringInfoChar(&buf, *p);
+	}
+	return buf.data;
+}

@@ -51,6 +51,13 @@ extern char *json_text(struct json_object *obj);
 /* A JSON text as one string literal, quotes included (palloc'd). */
 extern char *json_quote(const char *text);
 
+/*
+ * JSON text as a jsonb column takes it (palloc'd): jsonb has no U+0000, so
+ * each \u0000 escape (json-c writes one for a NUL in a string) becomes the
+ * text \x00 (a backslash, x, 0, 0) in that string.
+ */
+extern char *json_for_jsonb(const char *json);
+
 /* The error message of a provider's error body: the string at the path. */
 extern char *json_message_at(const char *body, const char *path);
 

@@ -29,6 +29,7 @@
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
+#include "dbtext.h"
 #include "worker.h"
 
 static SPIPlanPtr claim_plan = NULL;
@@ -128,10 +129,11 @@ queue_requeue_orphans(void)
 	return true;
 }
 
+/* A text column as the UTF-8 the worker sends providers. */
 static char *
 copy_text(HeapTuple tuple, TupleDesc desc, int col)
 {
-	return SPI_getvalue(tuple, desc, col);
+	return worker_text(SPI_getvalue(tuple, desc, col));
 }
 
 static bool
@@ -242,7 +244,7 @@ queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 			"SELECT * FROM claimed ORDER BY id",
 			2, types);
 	values[0] = Int32GetDatum(max_jobs);
-	values[1] = Int32GetDatum(celloattr_lease);
+	values[1] = Int32GetDatum(worker_lease_seconds());
 	celloattr_execute(claim_plan, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{

@@ -28,6 +28,7 @@
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
+#include "dbtext.h"
 #include "providers.h"
 #include "record.h"
 #include "worker.h"
@@ -60,53 +61,6 @@ column_holds_int8(const ArrayColumn *c, int64 value)
 
 /* --------------------------------------------------------------- the log */
 
-static char *
-redact(char *out, const char *secret)
-{
-	size_t		len = strlen(secret);
-	char	   *hit;
-
-	/* short values would match by accident, and are not keys anyway */
-	if (len < 8)
-		return out;
-	while ((hit = strstr(out, secret)) != NULL)
-		out = psprintf("%.*s[redacted]%s", (int) (hit - out), out, hit + len);
-	return out;
-}
-
-/* Keys, passwords and tokens never reach a table, whatever a provider echoes. */
-static char *
-scrub(const char *text)
-{
-	const char *const secrets[] = {
-		celloattr_stripe_secret_key, celloattr_chargebee_api_key,
-		celloattr_chargebee_webhook_password, celloattr_cello_secret_access_key,
-		NULL
-	};
-	const char *const *tokens = celloattr_log_secrets();
-	char	   *out = unconstify(char *, text);
-
-	if (text == NULL)
-		return NULL;
-	/* redact() copies the text only where it finds a secret */
-	for (int i = 0; secrets[i]; i++)
-		out = redact(out, secrets[i]);
-	/* and the Cello tokens the worker holds right now */
-	for (int i = 0; tokens[i]; i++)
-		out = redact(out, tokens[i]);
-	return out;
-}
-
-static char *
-clip(const char *text, size_t len)
-{
-	if (text == NULL)
-		return NULL;
-	if (len > (size_t) celloattr_log_body_limit)
-		return psprintf("%.*s... [%zu bytes]", celloattr_log_body_limit, text, len);
-	return pnstrdup(text, len);
-}
-
 /* Every request of every step, in the order they were made. */
 static void
 log_requests(List *jobs)
@@ -131,14 +85,16 @@ log_requests(List *jobs)
 			celloattr_column_add(&cols[2], Int32GetDatum(job->attempts), false);
 			celloattr_column_text(&cols[3], ex->provider);
 			celloattr_column_text(&cols[4], ex->method);
-			celloattr_column_text(&cols[5], scrub(ex->url));
-			celloattr_column_text(&cols[6], scrub(http_logged_headers(ex)));
-			celloattr_column_text(&cols[7], scrub(clip(ex->body, ex->body_len)));
+			celloattr_column_text(&cols[5], log_text(ex->url, strlen(ex->url), -1));
+			celloattr_column_text(&cols[6], http_logged_headers(ex));
+			celloattr_column_text(&cols[7], log_text(ex->body, ex->body_len,
+														   celloattr_log_body_limit));
 			/* no status for a request that failed or never went out */
 			celloattr_column_add(&cols[8], Int32GetDatum((int32) ex->status),
 								 !ex->started_at || ex->error);
-			celloattr_column_text(&cols[9], scrub(clip(ex->response, ex->response_len)));
-			celloattr_column_text(&cols[10], scrub(ex->error));
+			celloattr_column_text(&cols[9], log_text(ex->response, ex->response_len,
+														   celloattr_log_body_limit));
+			celloattr_column_text(&cols[10], scrubbed_text(ex->error));
 			celloattr_column_add(&cols[11],
 								 TimestampTzGetDatum(ex->started_at ? ex->started_at
 													 : GetCurrentTimestamp()),
@@ -272,8 +228,8 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 		celloattr_column_add(&cols[3], Float8GetDatum(outcomes[i].delay), false);
 		celloattr_column_add(&cols[4], Int32GetDatum((int32) job->last_status),
 							 job->last_status == 0);
-		celloattr_column_text(&cols[5], scrub(job->error));
-		celloattr_column_text(&cols[6], job->result);
+		celloattr_column_text(&cols[5], scrubbed_text(job->error));
+		celloattr_column_text(&cols[6], db_json(job->result));
 		stages[i] = -1;
 	}
 	celloattr_column_params(cols, lengthof(cols), types, values);
@@ -344,8 +300,8 @@ record_found(Job **jobs, const int16 *stages, int njobs)
 			if (!pending[i] || column_holds_int8(&cols[0], jobs[i]->attribution_id))
 				continue;
 			celloattr_column_add(&cols[0], Int64GetDatum(jobs[i]->attribution_id), false);
-			celloattr_column_text(&cols[1], jobs[i]->found_customer);
-			celloattr_column_text(&cols[2], jobs[i]->plan);
+			celloattr_column_text(&cols[1], db_text(jobs[i]->found_customer));
+			celloattr_column_text(&cols[2], db_json(jobs[i]->plan));
 			pending[i] = false;
 			left--;
 		}
@@ -381,8 +337,8 @@ record_follow_ups(Job **jobs, const int16 *stages, int njobs)
 			celloattr_column_text(&cols[1], f->kind);
 			celloattr_column_add(&cols[2], Int16GetDatum(stages[i] + 1), false);
 			celloattr_column_text(&cols[3], jobs[i]->dry_run && f->mutates ? "planned" : "queued");
-			celloattr_column_text(&cols[4], f->payload);
-			celloattr_column_text(&cols[5], f->key_suffix);
+			celloattr_column_text(&cols[4], db_json(f->payload));
+			celloattr_column_text(&cols[5], db_text(f->key_suffix));
 		}
 	}
 	if (cols[0].n == 0)
@@ -424,14 +380,14 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 			celloattr_column_add(&cols[2], Int64GetDatum(s->transaction_id), s->transaction_id == 0);
 			celloattr_column_text(&cols[3], s->trigger);
 			celloattr_column_add(&cols[4], TimestampTzGetDatum(s->event_timestamp), !s->has_timestamp);
-			celloattr_column_text(&cols[5], s->price);
-			celloattr_column_text(&cols[6], s->currency);
-			celloattr_column_text(&cols[7], s->subscription_id);
-			celloattr_column_text(&cols[8], s->invoice_id);
+			celloattr_column_text(&cols[5], db_text(s->price));
+			celloattr_column_text(&cols[6], db_text(s->currency));
+			celloattr_column_text(&cols[7], db_text(s->subscription_id));
+			celloattr_column_text(&cols[8], db_text(s->invoice_id));
 			celloattr_column_text(&cols[9], s->interval);
 			celloattr_column_add(&cols[10], Int32GetDatum(s->seats), !s->has_seats);
-			celloattr_column_text(&cols[11], s->product_key);
-			celloattr_column_text(&cols[12], s->reason);
+			celloattr_column_text(&cols[11], db_text(s->product_key));
+			celloattr_column_text(&cols[12], db_text(s->reason));
 		}
 	}
 	if (cols[0].n == 0)

@@ -16,6 +16,7 @@
 
 #include "access/xact.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
@@ -31,6 +32,8 @@
 #define MAX_INVOICE_ID			255
 #define MAX_PRODUCT_KEY			255
 #define MAX_SUBSCRIPTION_ID		255
+/* characters of a value quoted in a message */
+#define SHOWN_CHARS				60
 /* clocks differ; a timestamp this far ahead is a mistake, not skew */
 #define FUTURE_TOLERANCE_USECS	(USECS_PER_HOUR)
 
@@ -39,7 +42,11 @@ static const char *const intervals[] = {
 	"yearly", "biennial", "triennial", "lifetime", NULL
 };
 
-/* The value as it may be shown in a message: short, control bytes escaped. */
+/*
+ * The value as it may be shown in a message: short, control bytes escaped,
+ * cut between characters (half a character would make the message itself
+ * invalid text).
+ */
 char *
 celloattr_shown(const char *value)
 {
@@ -47,17 +54,19 @@ celloattr_shown(const char *value)
 	int			n = 0;
 
 	initStringInfo(&buf);
-	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+	for (const char *p = value; *p; p += pg_mblen(p))
 	{
-		if (++n > 60)
+		unsigned char c = (unsigned char) *p;
+
+		if (++n > SHOWN_CHARS)
 		{
 			appendStringInfoString(&buf, "...");
 			break;
 		}
-		if (*p < 0x20 || *p == 0x7f)
-			appendStringInfo(&buf, "\\x%02X", *p);
+		if (c < 0x20 || c == 0x7f)
+			appendStringInfo(&buf, "\\x%02X", c);
 		else
-			appendStringInfoChar(&buf, (char) *p);
+			appendBinaryStringInfo(&buf, p, pg_mblen(p));
 	}
 	return buf.data;
 }

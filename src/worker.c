@@ -14,6 +14,13 @@
  * so a backlog never exceeds the configured rate; a 429 also closes the
  * provider's bucket until its Retry-After has passed.
  *
+ * Every deadline is kept as a point in time and checked on each round,
+ * whatever woke the worker: a steady stream of commits setting the latch
+ * must not postpone curl's timeouts (http.c), a pacing token, a retry that
+ * falls due or the end of a step's lease.  A step that is still running
+ * when its lease ends (celloattr.lease, at least a request's timeout) is
+ * aborted: its transfer is cancelled and it is retried after backoff.
+ *
  * When no due step is left to claim, the worker deletes rows older than
  * celloattr.retention (retention.c): a batch per table, again and again
  * (with a rest as long as each round) while full batches come back, then
@@ -67,6 +74,7 @@ static Pace paces[] = {
 static HttpEngine *engine = NULL;
 static MemoryContext jobs_cxt = NULL;
 static dlist_head waiting_for_pace = DLIST_STATIC_INIT(waiting_for_pace);
+static dlist_head running_jobs = DLIST_STATIC_INIT(running_jobs);
 static List *finished = NIL;
 static int	running = 0;		/* claimed steps not finished: each holds a
 								 * transfer (in flight or waiting for pace) */
@@ -124,7 +132,34 @@ finish(Job *job)
 
 	finished = lappend(finished, job);
 	MemoryContextSwitchTo(old);
+	dlist_delete(&job->running_node);
 	running--;
+}
+
+/*
+ * The lease a claim gives its steps: celloattr.lease, but never shorter
+ * than one request may take (a second more, so that curl's own timeout,
+ * with its clearer message, comes first).
+ */
+int
+worker_lease_seconds(void)
+{
+	static int	warned_lease = -1;
+	static int	warned_timeout = -1;
+	int			floor_s = (celloattr_request_timeout + 999) / 1000 + 1;
+
+	if (celloattr_lease >= floor_s)
+		return celloattr_lease;
+	if (warned_lease != celloattr_lease || warned_timeout != celloattr_request_timeout)
+	{
+		ereport(WARNING,
+				(errmsg("celloattr.lease (%d s) is shorter than celloattr.request_timeout (%d ms): steps get a lease of %d s",
+						celloattr_lease, celloattr_request_timeout, floor_s),
+				 errhint("Set celloattr.lease to at least request_timeout plus a second.")));
+		warned_lease = celloattr_lease;
+		warned_timeout = celloattr_request_timeout;
+	}
+	return floor_s;
 }
 
 /*
@@ -184,11 +219,13 @@ advance(Job *job)
 }
 
 static void
-start_job(Job *job)
+start_job(Job *job, TimestampTz lease_ends)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
 	running++;
+	job->lease_ends = lease_ends;
+	dlist_push_tail(&running_jobs, &job->running_node);
 	if (job->ops == NULL)
 		job_fail(job, "unknown step kind \"%s\"", job->kind);
 	else
@@ -225,6 +262,70 @@ exchange_done(HttpExchange *ex)
 	}
 	advance(job);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A step whose lease ended: a request in flight is cancelled and the step
+ * retried after backoff (an attempt used: the provider was asked); one
+ * only waiting for its provider's pace goes back to the queue until the
+ * provider is open again, no attempt used.
+ */
+static void
+expire_lease(Job *job, TimestampTz now)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+	HttpExchange *ex = job->pending;
+	char	   *reason = psprintf("abandoned when the step's lease of %d s ran out",
+								  worker_lease_seconds());
+
+	if (ex != NULL)
+	{
+		Pace	   *pace = pace_of(ex->provider);
+
+		dlist_delete(&job->node);
+		job->pending = NULL;
+		ex->error = psprintf("not sent: %s", reason);
+		job->verdict = JOB_SNOOZE;
+		job->snooze_seconds = pace && pace->closed_until > now ?
+			(pace->closed_until - now) / 1e6 : 0;
+		job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
+	}
+	else if (job->exchanges != NIL)
+	{
+		/* not waiting for pace: its latest request is in flight */
+		ex = llast(job->exchanges);
+		http_engine_cancel(engine, ex, reason);
+		job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
+	}
+	else
+		job_retry(job, "%s", reason);
+	finish(job);
+	MemoryContextSwitchTo(old);
+}
+
+/* End the steps whose lease is over; returns ms until the next one ends (or -1). */
+static long
+enforce_leases(void)
+{
+	dlist_mutable_iter iter;
+	TimestampTz now = GetCurrentTimestamp();
+	long		next = -1;
+
+	dlist_foreach_modify(iter, &running_jobs)
+	{
+		Job		   *job = dlist_container(Job, running_node, iter.cur);
+
+		if (now >= job->lease_ends)
+			expire_lease(job, now);
+		else
+		{
+			long		ms = TimestampDifferenceMilliseconds(now, job->lease_ends);
+
+			if (next < 0 || ms < next)
+				next = ms;
+		}
+	}
+	return next;
 }
 
 /* Send what the paces allow; returns ms until the next token (or -1). */
@@ -328,6 +429,7 @@ celloattr_worker_main(Datum main_arg)
 	{
 		long		timeout_ms = celloattr_poll_interval;
 		long		pace_ms;
+		long		lease_ms;
 		bool		may_prune;
 		TimestampTz now;
 
@@ -365,8 +467,11 @@ celloattr_worker_main(Datum main_arg)
 			List	   *jobs = queue_claim(room, jobs_cxt, &next_due);
 			ListCell   *lc;
 
+			/* now is before the claim's now(): a lease ends no later than its lease_until */
+			TimestampTz lease_ends = now + (TimestampTz) worker_lease_seconds() * USECS_PER_SEC;
+
 			foreach(lc, jobs)
-				start_job((Job *) lfirst(lc));
+				start_job((Job *) lfirst(lc), lease_ends);
 			/* a full claim may have left more behind */
 			claim_now = list_length(jobs) == room;
 			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
@@ -398,6 +503,7 @@ celloattr_worker_main(Datum main_arg)
 				now + (TimestampTz) celloattr_poll_interval * 1000;
 		}
 
+		lease_ms = enforce_leases();
 		pace_ms = release_paced();
 		http_engine_send_added(engine);
 
@@ -417,6 +523,8 @@ celloattr_worker_main(Datum main_arg)
 			timeout_ms = Max(0, Min(timeout_ms, until_wake));
 			if (pace_ms >= 0)
 				timeout_ms = Min(timeout_ms, pace_ms);
+			if (lease_ms >= 0)
+				timeout_ms = Min(timeout_ms, lease_ms);
 		}
 		/* not written (a TRUNCATE or DROP holds the tables): soon, not in a spin */
 		if (finished != NIL)

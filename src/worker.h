@@ -40,6 +40,10 @@ extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 /* For the rest of the transaction, plan index lookups only. */
 extern void queue_plan_lookups_by_key(void);
 
+/* worker.c: seconds a claimed step may stay running (celloattr.lease, at
+ * least a request's timeout). */
+extern int	worker_lease_seconds(void);
+
 /* retention.c: deletes rows older than celloattr.retention, a batch at a
  * time; true if more may be left. */
 extern bool retention_prune(void);

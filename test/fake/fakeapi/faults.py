@@ -18,6 +18,8 @@ be processed normally first (side effects, idempotency store) and then
 replaces the response by the fault: "the API did it but the client never saw
 the answer".
 """
+import base64
+import binascii
 import re
 import threading
 
@@ -49,6 +51,11 @@ class Fault:
         self.remaining = None if count is None or int(count) <= 0 else int(count)
         self.status = int(spec.get("status", 500))
         self.body = spec.get("body")
+        # raw bytes, which JSON cannot carry: invalid UTF-8, NUL
+        try:
+            self.raw = base64.b64decode(spec["body_base64"], validate=True) if "body_base64" in spec else None
+        except (binascii.Error, TypeError) as exc:
+            raise FaultError("bad body_base64: %s" % exc)
         self.headers = spec.get("headers") or {}
         self.seconds = float(spec.get("seconds", 5))
         self.retry_after = spec.get("retry_after")

@@ -309,7 +309,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _fault_response(self, provider, req, f):
         if f.action == "status":
-            if f.body is None:
+            if f.raw is not None:
+                resp = Response(f.status, raw=f.raw)
+            elif f.body is None:
                 resp = provider.error_response(req, f.status, None)
             elif isinstance(f.body, str):
                 resp = Response(f.status, raw=f.body.encode("utf-8"), content_type="text/plain")
@@ -328,6 +330,8 @@ class Handler(BaseHTTPRequestHandler):
         if f.action == "huge":
             return Response(200, raw=huge_body(f.bytes))
         if f.action == "shape":
+            if f.raw is not None:
+                return Response(200, raw=f.raw)
             return Response(200, f.body if f.body is not None else {"unexpected": True})
         raise AssertionError(f.action)
 
