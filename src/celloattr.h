@@ -68,7 +68,7 @@ typedef struct CelloattrShared
 	pid_t		worker_pid;
 	Oid			worker_database;
 	ConditionVariable progress; /* broadcast when an attribution changes */
-	bool		drop_requested; /* DROP DATABASE waits for the worker to go */
+	int			drop_requests;	/* DROP DATABASEs waiting for the worker to go */
 } CelloattrShared;
 
 extern CelloattrShared *celloattr_shared;

@@ -337,7 +337,7 @@ celloattr_worker_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (celloattr_shared->drop_requested)
+		if (celloattr_shared->drop_requests > 0)
 			break;				/* DROP DATABASE is waiting for us to leave */
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
