@@ -28,6 +28,7 @@
 
 #include "lib/stringinfo.h"
 #include "storage/fd.h"
+#include "utils/memutils.h"
 
 #include "celloattr.h"
 
@@ -278,6 +279,7 @@ parse_secrets(const char *path, char *text, const char *fallback,
 		while (is_blank(*p))
 			p++;
 		initStringInfo(&value);
+		values[k] = value.data;	/* wiped by the caller, even after an error */
 		if (*p == '\'')
 		{
 			for (p++;; p++)
@@ -306,13 +308,13 @@ parse_secrets(const char *path, char *text, const char *fallback,
 			return false;
 		}
 		/* a value goes into HTTP headers and bodies: no control characters */
+		values[k] = value.data;
 		for (int i = 0; i < value.len; i++)
 			if ((unsigned char) value.data[i] < 0x20 || value.data[i] == 0x7f)
 			{
 				syntax_error(path, lineno, "the value holds a control character", fallback);
 				return false;
 			}
-		values[k] = value.data;
 next:
 		if (eol == NULL)
 			break;
@@ -330,7 +332,11 @@ celloattr_secrets_load(void)
 		: "The worker keeps the secrets it read before.";
 	char	   *values[CELLOATTR_SECRET_KEYS] = {0};
 	char	   *text = NULL;
+	size_t		textlen;
+	bool		parsed;
 	StringInfoData set;
+	MemoryContext cxt;
+	MemoryContext old;
 
 	if (path == NULL || path[0] == '\0')
 	{
@@ -341,16 +347,20 @@ celloattr_secrets_load(void)
 		secrets_ready = true;
 		return;
 	}
+	/* what is read here is wiped and freed whatever happens */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "celloattr secrets",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	if (!read_secrets_file(path, fallback, &text))
-		return;
-	if (!parse_secrets(path, text, fallback, values))
 	{
-		explicit_bzero(text, strlen(text));
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
 		return;
 	}
-
+	textlen = strlen(text);		/* parsing cuts it into lines */
+	parsed = parse_secrets(path, text, fallback, values);
 	initStringInfo(&set);
-	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
+	for (int k = 0; parsed && k < CELLOATTR_SECRET_KEYS; k++)
 	{
 		forget(secret_vars[k]);
 		if (values[k] && values[k][0])
@@ -365,12 +375,18 @@ celloattr_secrets_load(void)
 			*secret_vars[k] = copy;
 			appendStringInfo(&set, "%s%s", set.len ? ", " : "", celloattr_secret_keys[k]);
 		}
+	}
+	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
 		if (values[k])
 			explicit_bzero(values[k], strlen(values[k]));
+	explicit_bzero(text, textlen);
+	if (parsed)
+	{
+		secrets_ready = true;
+		ereport(LOG,
+				(errmsg("celloattr worker read secrets file \"%s\": %s", path,
+						set.len ? set.data : "no key set")));
 	}
-	explicit_bzero(text, strlen(text));
-	secrets_ready = true;
-	ereport(LOG,
-			(errmsg("celloattr worker read secrets file \"%s\": %s", path,
-					set.len ? set.data : "no key set")));
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
 }
