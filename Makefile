@@ -4,6 +4,7 @@ MODULE_big = celloattr
 OBJS = \
 	src/celloattr.o \
 	src/guc.o \
+	src/secrets.o \
 	src/attribute.o \
 	src/pending.o \
 	src/subxact.o \

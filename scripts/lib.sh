@@ -146,25 +146,43 @@ stop_fake() {
 	FAKE_PID=
 }
 
-# Server settings for a cluster whose worker talks to the fake.
+# The provider secrets the fake accepts, as a secrets file: mode 0600 and
+# owned by the user the servers run as, or the worker refuses it.
+write_secrets() {
+	local file=$1
+	mkdir -p "$(dirname "$file")"
+	(umask 077 && cat >"$file" <<SECRETS
+# celloattr secrets of the test clusters (the local fake accepts them)
+stripe_secret_key = 'sk_test_celloattr_secret_0123456789'
+chargebee_api_key = 'test_cbkey_celloattr_secret_9876'
+chargebee_webhook_username = 'cello-product-id'
+chargebee_webhook_password = 'cello-webhook-secret-4242'
+cello_access_key_id = 'AKID-celloattr-test'
+cello_secret_access_key = 'cello-secret-access-key-1234'
+SECRETS
+	)
+	chmod 600 "$file"
+	[ "$(id -u)" = 0 ] && chown "$TEST_USER" "$file"
+	return 0
+}
+
+# Server settings for a cluster whose worker talks to the fake; its secrets
+# go to the secrets file beside it (FILE with .secrets for .conf).
 write_conf() {
 	local file=$1 database=$2 paused=${3:-off}
+	local secrets=${file%.conf}.secrets
 	mkdir -p "$(dirname "$file")"
+	write_secrets "$secrets"
 	cat >"$file" <<CONF
 shared_preload_libraries = 'celloattr'
 celloattr.database = '$database'
+celloattr.secrets_file = '$secrets'
 celloattr.allow_http = on
 celloattr.stripe_api_url = 'http://127.0.0.1:$FAKE_PORT/stripe'
-celloattr.stripe_secret_key = 'sk_test_celloattr_secret_0123456789'
 celloattr.stripe_webhook_endpoint = 'we_cello_test'
 celloattr.chargebee_api_url = 'http://127.0.0.1:$FAKE_PORT/chargebee/api/v2'
-celloattr.chargebee_api_key = 'test_cbkey_celloattr_secret_9876'
 celloattr.chargebee_webhook_url = 'http://127.0.0.1:$FAKE_PORT/cello-webhook/chargebee'
-celloattr.chargebee_webhook_username = 'cello-product-id'
-celloattr.chargebee_webhook_password = 'cello-webhook-secret-4242'
 celloattr.cello_api_url = 'http://127.0.0.1:$FAKE_PORT/cello'
-celloattr.cello_access_key_id = 'AKID-celloattr-test'
-celloattr.cello_secret_access_key = 'cello-secret-access-key-1234'
 celloattr.poll_interval = 200ms
 celloattr.backoff_base = 50ms
 celloattr.backoff_max = 2s

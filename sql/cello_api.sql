@@ -148,8 +148,19 @@ SELECT j.kind, j.state, j.attempts, j.last_error, a.state AS attribution
 SELECT trigger, invoice_id, price, currency, "interval", product_key, reason
   FROM celloattr.support_report(:api2);
 
+-- Secrets files of the tests below, in the data directory with the
+-- server's owner and mode 0600 as the worker requires (COPY TO a file would
+-- make it 0644, which the worker refuses).
+CREATE FUNCTION pg_temp.write_secrets(file text, lines text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE format('COPY (SELECT unnest(%L::text[])) TO PROGRAM %L', lines,
+				   format('umask 077 && cat > %s', file));
+END $$;
+
 -- no Cello credentials: the signup and its transactions go to the report
-ALTER SYSTEM SET celloattr.cello_access_key_id = '';
+SELECT pg_temp.write_secrets('nokey.secrets', ARRAY['# no Cello key pair']);
+ALTER SYSTEM SET celloattr.secrets_file = 'nokey.secrets';
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SELECT celloattr.cello_attribute('UPobYBDuu0N', 'user-nokey', 'cello_api',
@@ -158,7 +169,7 @@ SELECT celloattr.wait(:nokey);
 SELECT celloattr.cello_transaction('user-nokey', 'inv_nokey', 99, 'GBP', now() - interval '5 days',
 	'quarterly', 'Team Plan', 'sub_nokey', 4) > 0 AS nokey_tx;
 SELECT celloattr.wait(:nokey);
-ALTER SYSTEM RESET celloattr.cello_access_key_id;
+ALTER SYSTEM RESET celloattr.secrets_file;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SELECT j.kind, j.state, a.state AS attribution
@@ -166,13 +177,16 @@ SELECT j.kind, j.state, a.state AS attribution
  WHERE a.id = :nokey ORDER BY j.stage;
 
 -- a key pair Cello rejects: failed with Cello's message
-ALTER SYSTEM SET celloattr.cello_secret_access_key = 'not-the-right-secret-0000';
+SELECT pg_temp.write_secrets('badkey.secrets', ARRAY[
+	'cello_access_key_id = ''AKID-celloattr-test''',
+	'cello_secret_access_key = ''not-the-right-secret-0000''']);
+ALTER SYSTEM SET celloattr.secrets_file = 'badkey.secrets';
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SELECT celloattr.cello_attribute('UPobYBDuu0N', 'user-badkey', 'cello_api',
 	email => 'badkey@example.com') AS badkey \gset
 SELECT celloattr.wait(:badkey);
-ALTER SYSTEM RESET celloattr.cello_secret_access_key;
+ALTER SYSTEM RESET celloattr.secrets_file;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SELECT state, last_error FROM celloattr.attributions WHERE id = :badkey;
@@ -214,8 +228,8 @@ TRUNCATE fake_requests;
 CREATE TEMP TABLE secrets AS
 SELECT DISTINCT substr(r->'headers'->>'authorization', 8) AS secret FROM fake_requests
  WHERE r->'headers'->>'authorization' LIKE 'Bearer %'
-UNION SELECT current_setting('celloattr.cello_secret_access_key')
-UNION SELECT current_setting('celloattr.cello_access_key_id');
+UNION SELECT 'cello-secret-access-key-1234'
+UNION SELECT 'AKID-celloattr-test';
 SELECT count(*) >= 4 AS tokens_seen FROM secrets;
 SELECT count(*) AS log_rows_with_a_secret FROM celloattr.http_log h, secrets s
  WHERE concat(h.url, h.request_headers, h.request_body, h.response_body, h.error) LIKE '%' || s.secret || '%';

@@ -56,8 +56,8 @@ SELECT d->>'event_id' AS event, d->>'event_type' AS type,
 SELECT r->>'method' AS method, r->>'path' AS path, r->>'status' AS status,
 	   r->'headers'->>'content-type' AS content_type,
 	   r->'headers'->>'authorization' = 'Basic ' || encode(convert_to(
-		   current_setting('celloattr.chargebee_webhook_username') || ':' ||
-		   current_setting('celloattr.chargebee_webhook_password'), 'UTF8'), 'base64') AS basic_auth
+		   'cello-product-id' || ':' ||
+		   'cello-webhook-secret-4242', 'UTF8'), 'base64') AS basic_auth
   FROM fake_requests ORDER BY r->'body';
 
 -- the older payments are in the support report with the fields of their events
@@ -88,7 +88,7 @@ SELECT count(*) AS posts, count(*) FILTER (WHERE j.id IS NOT NULL) AS keyed_by_a
   LEFT JOIN celloattr.jobs j ON j.idempotency_key = f.r->'headers'->>'chargebee-idempotency-key'
  WHERE f.r->>'method' = 'POST';
 SELECT count(*) FILTER (WHERE r->'headers'->>'authorization' = 'Basic ' || encode(convert_to(
-		   current_setting('celloattr.chargebee_api_key') || ':', 'UTF8'), 'base64')) = count(*) AS api_key_auth
+		   'test_cbkey_celloattr_secret_9876' || ':', 'UTF8'), 'base64')) = count(*) AS api_key_auth
   FROM fake_requests;
 
 -- a conflicting cello_ucc (in meta_data or a custom field) is refused; forced, overwritten
@@ -165,12 +165,12 @@ SELECT kind, state, attempts, last_status FROM celloattr.jobs WHERE attribution_
 SELECT count(*) > 0 AS logged,
 	   count(*) FILTER (WHERE request_headers LIKE '%Authorization: [redacted]%') = count(*) AS all_redacted,
 	   count(*) FILTER (WHERE concat(url, request_headers, request_body, response_body, error)
-						LIKE '%' || current_setting('celloattr.chargebee_api_key') || '%') AS with_api_key,
+						LIKE '%' || 'test_cbkey_celloattr_secret_9876' || '%') AS with_api_key,
 	   count(*) FILTER (WHERE concat(url, request_headers, request_body, response_body, error)
-						LIKE '%' || current_setting('celloattr.chargebee_webhook_password') || '%') AS with_password,
+						LIKE '%' || 'cello-webhook-secret-4242' || '%') AS with_password,
 	   count(*) FILTER (WHERE concat(url, request_headers, request_body, response_body, error)
-						LIKE '%' || encode(convert_to(current_setting('celloattr.chargebee_api_key') || ':', 'UTF8'), 'base64') || '%') AS with_basic_auth
+						LIKE '%' || encode(convert_to('test_cbkey_celloattr_secret_9876' || ':', 'UTF8'), 'base64') || '%') AS with_basic_auth
   FROM celloattr.http_log WHERE provider IN ('chargebee', 'cello');
 SELECT count(*) AS jobs_with_secret FROM celloattr.jobs
- WHERE concat(payload::text, last_error, result::text) LIKE '%' || current_setting('celloattr.chargebee_api_key') || '%'
-	OR concat(payload::text, last_error, result::text) LIKE '%' || current_setting('celloattr.chargebee_webhook_password') || '%';
+ WHERE concat(payload::text, last_error, result::text) LIKE '%' || 'test_cbkey_celloattr_secret_9876' || '%'
+	OR concat(payload::text, last_error, result::text) LIKE '%' || 'cello-webhook-secret-4242' || '%';

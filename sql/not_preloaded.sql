@@ -11,11 +11,12 @@ SELECT count(celloattr.cello_attribute('pNRB1aYqArN', 'bulk-' || i, 'stripe')) A
 SELECT state FROM celloattr.attributions WHERE id = :np;
 -- wait() still works, by looking again now and then
 SELECT celloattr.wait(:np, '50 ms');
--- secrets are protected even so: the library defines them when loaded
+-- the library defines its settings when loaded; none holds a secret
 LOAD 'celloattr';
 CREATE ROLE np_user;
 SET ROLE np_user;
 SHOW celloattr.stripe_secret_key;
+SHOW celloattr.secrets_file;
 RESET ROLE;
 DROP ROLE np_user;
 DROP EXTENSION celloattr;

@@ -7,14 +7,19 @@ CREATE ROLE app_login LOGIN IN ROLE celloattr_app;
 CREATE ROLE ops_login LOGIN IN ROLE celloattr_operator;
 CREATE ROLE stranger LOGIN;
 
--- a superuser sees that a key is set
-SELECT current_setting('celloattr.stripe_secret_key') <> '' AS key_set;
+-- no setting holds a secret, not even for a superuser: the keys are in the
+-- secrets file (t/006_secrets.pl reads every route as pg_monitor)
+SELECT current_setting('celloattr.stripe_secret_key') AS stripe_secret_key,
+	   current_setting('celloattr.secrets_file') LIKE '/%.secrets' AS secrets_file_set;
+-- and a value for a setting of 1.0 is refused, pointing to the file
+ALTER SYSTEM SET celloattr.chargebee_api_key = 'test_cbkey_celloattr_secret_9876';
+ALTER SYSTEM SET celloattr.cello_secret_access_key = '';
+ALTER SYSTEM RESET celloattr.cello_secret_access_key;
 
 SET ROLE app_login;
 SHOW celloattr.stripe_secret_key;
 SELECT current_setting('celloattr.chargebee_api_key');
-SELECT current_setting('celloattr.cello_secret_access_key');
-SELECT count(*) AS visible_secrets FROM pg_settings
+SELECT count(*) AS listed_old_secret_settings FROM pg_settings
  WHERE name IN ('celloattr.stripe_secret_key', 'celloattr.chargebee_api_key',
 				'celloattr.chargebee_webhook_password', 'celloattr.cello_secret_access_key');
 -- nor can it set them, or the URLs the keys are sent to

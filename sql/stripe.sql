@@ -133,10 +133,10 @@ SELECT state, attempts, last_status FROM celloattr.jobs WHERE attribution_id = :
 SELECT count(*) > 0 AS logged,
 	   count(*) FILTER (WHERE request_headers LIKE '%Authorization: [redacted]%') = count(*) AS all_redacted,
 	   count(*) FILTER (WHERE concat(url, request_headers, request_body, response_body, error)
-						LIKE '%' || current_setting('celloattr.stripe_secret_key') || '%') AS with_secret
+						LIKE '%' || 'sk_test_celloattr_secret_0123456789' || '%') AS with_secret
   FROM celloattr.http_log;
 SELECT count(*) AS jobs_with_secret FROM celloattr.jobs
- WHERE concat(payload::text, last_error, result::text) LIKE '%' || current_setting('celloattr.stripe_secret_key') || '%';
+ WHERE concat(payload::text, last_error, result::text) LIKE '%' || 'sk_test_celloattr_secret_0123456789' || '%';
 
 -- the worker says who it is
 SELECT application_name, backend_type FROM pg_stat_activity

@@ -438,7 +438,7 @@ signup_start(Job *job)
 {
 	if (!have_credentials())
 	{
-		report_signup(job, "no Cello API access configured (celloattr.cello_access_key_id)");
+		report_signup(job, "no Cello API access configured (cello_access_key_id in the secrets file)");
 		job->verdict = JOB_SUPPORT;
 		return;
 	}
@@ -539,7 +539,7 @@ transaction_start(Job *job)
 		report_transaction(job, &t, psprintf("older than celloattr.transaction_window (%d days) when it was to be sent: Cello imports only recent transactions of a manual attribution",
 											 celloattr_transaction_window / SECS_PER_DAY));
 	else if (!have_credentials())
-		report_transaction(job, &t, "no Cello API access configured (celloattr.cello_access_key_id)");
+		report_transaction(job, &t, "no Cello API access configured (cello_access_key_id in the secrets file)");
 	else if (job->email == NULL)
 		report_transaction(job, &t, psprintf("Cello's API requires the new user's email for %s, and the attribution has none",
 											 t.trigger));

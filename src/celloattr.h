@@ -24,19 +24,13 @@
 
 extern char *celloattr_database;
 extern char *celloattr_stripe_api_url;
-extern char *celloattr_stripe_secret_key;
 extern char *celloattr_stripe_webhook_endpoint;
 extern char *celloattr_stripe_api_version;
 extern char *celloattr_chargebee_site;
 extern char *celloattr_chargebee_api_url;
-extern char *celloattr_chargebee_api_key;
 extern char *celloattr_chargebee_webhook_url;
-extern char *celloattr_chargebee_webhook_username;
-extern char *celloattr_chargebee_webhook_password;
 extern bool celloattr_chargebee_custom_fields;
 extern char *celloattr_cello_api_url;
-extern char *celloattr_cello_access_key_id;
-extern char *celloattr_cello_secret_access_key;
 extern int	celloattr_transaction_window;	/* seconds */
 extern int	celloattr_max_in_flight;
 extern int	celloattr_connect_timeout;	/* ms */
@@ -57,6 +51,31 @@ extern int	celloattr_retention_batch;
 
 extern void celloattr_define_gucs(bool preloading);
 
+/* --------------------------------------------------------- secrets.c */
+
+#define CELLOATTR_SECRET_KEYS 6
+
+/* The keys of the secrets file (each was a celloattr.* setting in 1.0). */
+extern const char *const celloattr_secret_keys[CELLOATTR_SECRET_KEYS];
+
+extern char *celloattr_secrets_file;	/* the setting */
+
+/* The secrets, as the worker last read them; "" when unset.  Only the
+ * worker reads the file: in other processes they are always "". */
+extern char *celloattr_stripe_secret_key;
+extern char *celloattr_chargebee_api_key;
+extern char *celloattr_chargebee_webhook_username;
+extern char *celloattr_chargebee_webhook_password;
+extern char *celloattr_cello_access_key_id;
+extern char *celloattr_cello_secret_access_key;
+
+/* Read the secrets file again: at the worker's start and on each SIGHUP. */
+extern void celloattr_secrets_load(void);
+
+/* Whether the worker has secrets to work with: it read a secrets file, or
+ * celloattr.secrets_file is empty. */
+extern bool celloattr_secrets_ready(void);
+
 /* ------------------------------------------------------- celloattr.c */
 
 /* State shared between backends and the worker (exists only when the
@@ -68,7 +87,7 @@ typedef struct CelloattrShared
 	pid_t		worker_pid;
 	Oid			worker_database;
 	ConditionVariable progress; /* broadcast when an attribution changes */
-	bool		drop_requested; /* DROP DATABASE waits for the worker to go */
+	int			drop_requests;	/* DROP DATABASEs waiting for the worker to go */
 } CelloattrShared;
 
 extern CelloattrShared *celloattr_shared;
@@ -238,6 +257,7 @@ extern Datum celloattr_text_datum(const char *s, char *null);
 extern int64 celloattr_first_int8(void);
 
 /* A text argument of a SQL function as a C string, or NULL. */
+struct FunctionCallInfoBaseData;
 extern const char *celloattr_text_arg(struct FunctionCallInfoBaseData *fcinfo, int n);
 
 /* -------------------------------------------------------- validate.c */

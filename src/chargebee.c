@@ -93,7 +93,7 @@ chargebee_request(Job *job, const char *method, const char *path_fmt,...)
 
 	if (celloattr_chargebee_api_key == NULL || celloattr_chargebee_api_key[0] == '\0')
 	{
-		job_fail(job, "celloattr.chargebee_api_key is not set");
+		job_fail(job, "chargebee_api_key is not set in the secrets file (celloattr.secrets_file)");
 		return NULL;
 	}
 	if (celloattr_chargebee_api_url && celloattr_chargebee_api_url[0])
@@ -550,7 +550,7 @@ redeliver_start(Job *job)
 		job_fail(job, "celloattr.chargebee_webhook_url is not set: the URL of Cello's Chargebee webhook (shown in the Cello Portal) is needed to re-deliver events");
 	else if (celloattr_chargebee_webhook_username == NULL || celloattr_chargebee_webhook_username[0] == '\0' ||
 			 celloattr_chargebee_webhook_password == NULL || celloattr_chargebee_webhook_password[0] == '\0')
-		job_fail(job, "celloattr.chargebee_webhook_username and celloattr.chargebee_webhook_password are not both set: Cello's Chargebee webhook needs its basic-auth pair (shown in the Cello Portal)");
+		job_fail(job, "chargebee_webhook_username and chargebee_webhook_password are not both set in the secrets file (celloattr.secrets_file): Cello's Chargebee webhook needs its basic-auth pair (shown in the Cello Portal)");
 	else
 	{
 		ex = job_request(job, "POST", base_url(celloattr_chargebee_webhook_url));

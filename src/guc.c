@@ -3,10 +3,14 @@
  * guc.c
  *	  Every celloattr.* setting, defined in one place.
  *
- * Secrets are PGC_SIGHUP with GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL: only the
- * configuration file (or ALTER SYSTEM) can set them, no other role can read
- * them, and SHOW ALL does not list them.  Base URLs are superuser-only too,
- * since whoever controls them receives the keys.
+ * No setting holds a secret: members of pg_read_all_settings (pg_monitor)
+ * read even GUC_SUPERUSER_ONLY ones.  The keys are in the secrets file that
+ * celloattr.secrets_file names (secrets.c).  The settings that held them in
+ * 1.0 remain as names only, so that a value left in the configuration is
+ * refused with a message pointing to the file, without showing the value.
+ * Base URLs are superuser-only to read, and like every PGC_SIGHUP setting
+ * only the configuration file (or ALTER SYSTEM) sets them, since whoever
+ * controls them receives the keys.
  *
  *-------------------------------------------------------------------------
  */
@@ -20,19 +24,13 @@
 
 char	   *celloattr_database = NULL;
 char	   *celloattr_stripe_api_url = NULL;
-char	   *celloattr_stripe_secret_key = NULL;
 char	   *celloattr_stripe_webhook_endpoint = NULL;
 char	   *celloattr_stripe_api_version = NULL;
 char	   *celloattr_chargebee_site = NULL;
 char	   *celloattr_chargebee_api_url = NULL;
-char	   *celloattr_chargebee_api_key = NULL;
 char	   *celloattr_chargebee_webhook_url = NULL;
-char	   *celloattr_chargebee_webhook_username = NULL;
-char	   *celloattr_chargebee_webhook_password = NULL;
 bool		celloattr_chargebee_custom_fields = false;
 char	   *celloattr_cello_api_url = NULL;
-char	   *celloattr_cello_access_key_id = NULL;
-char	   *celloattr_cello_secret_access_key = NULL;
 int			celloattr_transaction_window = 30 * SECS_PER_DAY;
 int			celloattr_max_in_flight = 16;
 int			celloattr_connect_timeout = 5000;
@@ -51,9 +49,48 @@ double		celloattr_cello_rate_limit = 10;
 int			celloattr_retention = 30 * MINS_PER_HOUR * HOURS_PER_DAY;
 int			celloattr_retention_batch = 1000;
 
-#define SECRET_FLAGS (GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
+/* What the settings of 1.0 that held secrets are now set to: always "". */
+static char *removed_secret_values[CELLOATTR_SECRET_KEYS];
 
-/* A secret or URL setting: reloadable, superuser-only. */
+/* A value for a 1.0 secret setting: refused, and not shown back. */
+static bool
+refuse_secret(int key, char **newval)
+{
+	const char *name = celloattr_secret_keys[key];
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	GUC_check_errcode(ERRCODE_FEATURE_NOT_SUPPORTED);
+	GUC_check_errmsg("provider secrets are no longer settings: the value of celloattr.%s is ignored",
+					 name);
+	GUC_check_errhint("Move it to the secrets file named by celloattr.secrets_file, as %s = '...', and remove celloattr.%s from the configuration.",
+					  name, name);
+	return false;
+}
+
+/* A check hook per name: the hook is not told which setting it checks. */
+#define REFUSE_SECRET_HOOK(n) \
+static bool \
+refuse_secret_##n(char **newval, void **extra, GucSource source) \
+{ \
+	return refuse_secret(n, newval); \
+}
+REFUSE_SECRET_HOOK(0)
+REFUSE_SECRET_HOOK(1)
+REFUSE_SECRET_HOOK(2)
+REFUSE_SECRET_HOOK(3)
+REFUSE_SECRET_HOOK(4)
+REFUSE_SECRET_HOOK(5)
+
+static GucStringCheckHook const refuse_secret_hooks[] = {
+	refuse_secret_0, refuse_secret_1, refuse_secret_2,
+	refuse_secret_3, refuse_secret_4, refuse_secret_5,
+};
+
+StaticAssertDecl(lengthof(refuse_secret_hooks) == CELLOATTR_SECRET_KEYS,
+				 "one check hook per secret key");
+
+/* A URL or identifier setting: reloadable, superuser-only. */
 static void
 define_sighup_string(const char *name, const char *desc, char **var,
 					 const char *boot, int flags)
@@ -72,13 +109,26 @@ celloattr_define_gucs(bool preloading)
 								   NULL, &celloattr_database, "postgres",
 								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+	DefineCustomStringVariable("celloattr.secrets_file",
+							   "File holding the provider secrets, relative to the data directory; empty for none.",
+							   NULL, &celloattr_secrets_file, "celloattr.secrets",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
+	{
+		char	   *name = psprintf("celloattr.%s", celloattr_secret_keys[k]);
+
+		DefineCustomStringVariable(name,
+								   "Removed: this secret goes in the secrets file (celloattr.secrets_file).",
+								   NULL, &removed_secret_values[k], "",
+								   PGC_SIGHUP, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+								   refuse_secret_hooks[k], NULL, NULL);
+		pfree(name);
+	}
+
 	define_sighup_string("celloattr.stripe_api_url",
 						 "Base URL of the Stripe API.",
 						 &celloattr_stripe_api_url, "https://api.stripe.com",
 						 GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.stripe_secret_key",
-						 "Stripe secret (sk_...) or restricted (rk_...) key.",
-						 &celloattr_stripe_secret_key, "", SECRET_FLAGS);
 	define_sighup_string("celloattr.stripe_webhook_endpoint",
 						 "Id (we_...) of Cello's webhook endpoint in the Stripe account, where past events are resent.",
 						 &celloattr_stripe_webhook_endpoint, "",
@@ -93,19 +143,10 @@ celloattr_define_gucs(bool preloading)
 	define_sighup_string("celloattr.chargebee_api_url",
 						 "Full Chargebee API base URL; overrides chargebee_site when set.",
 						 &celloattr_chargebee_api_url, "", GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.chargebee_api_key",
-						 "Chargebee API key.",
-						 &celloattr_chargebee_api_key, "", SECRET_FLAGS);
 	define_sighup_string("celloattr.chargebee_webhook_url",
 						 "Cello's Chargebee webhook URL, where past payment events are re-delivered.",
 						 &celloattr_chargebee_webhook_url, "",
 						 GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.chargebee_webhook_username",
-						 "Basic-auth user name of Cello's Chargebee webhook.",
-						 &celloattr_chargebee_webhook_username, "", SECRET_FLAGS);
-	define_sighup_string("celloattr.chargebee_webhook_password",
-						 "Basic-auth password of Cello's Chargebee webhook.",
-						 &celloattr_chargebee_webhook_password, "", SECRET_FLAGS);
 	DefineCustomBoolVariable("celloattr.chargebee_custom_fields",
 							 "Write the referral to cf_ custom fields instead of meta_data in Chargebee.",
 							 NULL, &celloattr_chargebee_custom_fields, false,
@@ -114,12 +155,6 @@ celloattr_define_gucs(bool preloading)
 						 "Base URL of the Cello API (sandbox: https://api.sandbox.cello.so).",
 						 &celloattr_cello_api_url, "https://api.cello.so",
 						 GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.cello_access_key_id",
-						 "Cello API access key id.",
-						 &celloattr_cello_access_key_id, "", SECRET_FLAGS);
-	define_sighup_string("celloattr.cello_secret_access_key",
-						 "Cello API secret access key.",
-						 &celloattr_cello_secret_access_key, "", SECRET_FLAGS);
 
 	DefineCustomIntVariable("celloattr.transaction_window",
 							"Age up to which past transactions are replayed; older ones go to the support report.",

@@ -10,7 +10,8 @@
  * leave first (the utility hook of statement.c, in every backend), so the drop does
  * not fail on "being accessed by other users"; WITH (FORCE) terminates it
  * as it would any session.  Either way the launcher starts a new worker
- * once the database is back.
+ * once the database is back.  Only a drop that PostgreSQL will let through
+ * (a superuser's or the owner's) asks: no other role can stop the worker.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,7 +33,9 @@
 #include "storage/latch.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/acl.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
@@ -134,7 +137,7 @@ celloattr_launcher_main(Datum main_arg)
 			handle = NULL;
 			start_after = GetCurrentTimestamp() + RESTART_DELAY_MS * 1000L;
 		}
-		if (handle == NULL && !celloattr_shared->drop_requested &&
+		if (handle == NULL && celloattr_shared->drop_requests == 0 &&
 			GetCurrentTimestamp() >= start_after)
 		{
 			Oid			database = lookup_database();
@@ -163,48 +166,112 @@ celloattr_launcher_main(Datum main_arg)
 	proc_exit(0);
 }
 
+/* This backend asked the worker to leave (one of drop_requests). */
+static bool asked_worker_to_leave = false;
+
+/*
+ * Whether DROP DATABASE will get past its own checks: the same ones dropdb()
+ * makes before it waits for other sessions to leave (the database exists,
+ * the user owns it, it is not the current database nor a template, and the
+ * command is not in a transaction block, which fails as PostgreSQL would).
+ * Only then is the worker asked to leave: a drop that is refused must not
+ * stop it.
+ */
+static bool
+drop_will_proceed(DropdbStmt *stmt, bool is_top_level)
+{
+	Oid			db;
+	HeapTuple	tup;
+	bool		is_template;
+
+	PreventInTransactionBlock(is_top_level, "DROP DATABASE");
+	db = get_database_oid(stmt->dbname, true);
+	if (!OidIsValid(db) || db == MyDatabaseId ||
+		!pg_database_ownercheck(db, GetUserId()))
+		return false;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(db));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	is_template = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	return !is_template;
+}
+
+/* However this backend's command ends: error, cancel, or the backend exiting. */
+static void
+withdraw_drop_request(int code, Datum arg)
+{
+	celloattr_drop_database_end();
+}
+
 /*
  * DROP DATABASE of the worker's database: ask the worker to leave and wait
  * until it has, then let the drop proceed (statement.c calls this before
- * each utility command, and celloattr_drop_database_end after it).  The
- * launcher starts no worker while the drop runs; if the drop fails, it
- * starts one again.  Returns whether the worker was asked to leave.
+ * the command and celloattr_drop_database_end in the PG_FINALLY around it).
+ * An error or a cancel while waiting withdraws the request here; a backend
+ * that exits meanwhile (FATAL skips PG_FINALLY) in a before_shmem_exit
+ * callback.  The
+ * launcher starts no worker while any drop request stands; once none does,
+ * it starts one again if the database is still there.
  */
-bool
-celloattr_drop_database_begin(Node *stmt)
+void
+celloattr_drop_database_begin(Node *stmt, bool is_top_level)
 {
+	static bool exit_callback_registered = false;
 	Latch	   *latch;
 
-	if (!IsA(stmt, DropdbStmt) || celloattr_database == NULL ||
-		strcmp(((DropdbStmt *) stmt)->dbname, celloattr_database) != 0)
-		return false;
+	if (celloattr_shared == NULL || !IsA(stmt, DropdbStmt) ||
+		celloattr_database == NULL ||
+		strcmp(((DropdbStmt *) stmt)->dbname, celloattr_database) != 0 ||
+		!drop_will_proceed((DropdbStmt *) stmt, is_top_level))
+		return;
 
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(withdraw_drop_request, 0);
+		exit_callback_registered = true;
+	}
 	SpinLockAcquire(&celloattr_shared->mutex);
-	celloattr_shared->drop_requested = true;
+	if (!asked_worker_to_leave)
+		celloattr_shared->drop_requests++;
+	asked_worker_to_leave = true;
 	latch = celloattr_shared->worker_latch;
 	SpinLockRelease(&celloattr_shared->mutex);
 	if (latch)
 		SetLatch(latch);
-	for (int waited = 0; waited < DROP_WAIT_MS; waited += 10)
+	PG_TRY();
 	{
-		pid_t		pid;
+		for (int waited = 0; waited < DROP_WAIT_MS; waited += 10)
+		{
+			pid_t		pid;
 
-		SpinLockAcquire(&celloattr_shared->mutex);
-		pid = celloattr_shared->worker_pid;
-		SpinLockRelease(&celloattr_shared->mutex);
-		if (pid == 0)
-			break;
-		CHECK_FOR_INTERRUPTS();
-		pg_usleep(10000L);
+			SpinLockAcquire(&celloattr_shared->mutex);
+			pid = celloattr_shared->worker_pid;
+			SpinLockRelease(&celloattr_shared->mutex);
+			if (pid == 0)
+				break;
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(10000L);
+		}
 	}
-	return true;
+	PG_CATCH();
+	{
+		/* cancelled while waiting: the drop will not run */
+		celloattr_drop_database_end();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 void
-celloattr_drop_database_end(bool asked)
+celloattr_drop_database_end(void)
 {
-	if (asked)
-		celloattr_shared->drop_requested = false;
+	if (!asked_worker_to_leave)
+		return;
+	SpinLockAcquire(&celloattr_shared->mutex);
+	celloattr_shared->drop_requests--;
+	asked_worker_to_leave = false;
+	SpinLockRelease(&celloattr_shared->mutex);
 }
 
 void

@@ -106,8 +106,8 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 						  ParamListInfo params, QueryEnvironment *queryEnv,
 						  DestReceiver *dest, QueryCompletion *qc)
 {
-	bool		asked_worker_to_leave = celloattr_drop_database_begin(pstmt->utilityStmt);
-
+	celloattr_drop_database_begin(pstmt->utilityStmt,
+								  context == PROCESS_UTILITY_TOPLEVEL);
 	celloattr_executor_depth++;
 	PG_TRY();
 	{
@@ -121,7 +121,7 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 	PG_FINALLY();
 	{
 		celloattr_executor_depth--;
-		celloattr_drop_database_end(asked_worker_to_leave);
+		celloattr_drop_database_end();
 	}
 	PG_END_TRY();
 	flush_if_finished();

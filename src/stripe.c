@@ -84,7 +84,7 @@ stripe_request(Job *job, const char *method, const char *path_fmt,...)
 
 	if (celloattr_stripe_secret_key == NULL || celloattr_stripe_secret_key[0] == '\0')
 	{
-		job_fail(job, "celloattr.stripe_secret_key is not set");
+		job_fail(job, "stripe_secret_key is not set in the secrets file (celloattr.secrets_file)");
 		return NULL;
 	}
 	va_start(args, path_fmt);

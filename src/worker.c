@@ -423,6 +423,7 @@ celloattr_worker_main(Datum main_arg)
 	 * Steps that are not replay-safe commit synchronously (record.c).
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	celloattr_secrets_load();
 	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
 
 	while (!ShutdownRequestPending)
@@ -438,8 +439,9 @@ celloattr_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			celloattr_secrets_load();
 		}
-		if (celloattr_shared->drop_requested)
+		if (celloattr_shared->drop_requests > 0)
 			break;				/* DROP DATABASE is waiting for us to leave */
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
@@ -460,7 +462,7 @@ celloattr_worker_main(Datum main_arg)
 		if (now >= next_claim_at)
 			claim_now = true;
 		if (claim_now && orphans_requeued && !celloattr_paused &&
-			running < celloattr_max_in_flight)
+			celloattr_secrets_ready() && running < celloattr_max_in_flight)
 		{
 			double		next_due;
 			int			room = celloattr_max_in_flight - running;
@@ -479,7 +481,7 @@ celloattr_worker_main(Datum main_arg)
 				next_claim_at = Min(next_claim_at, now + (TimestampTz) (next_due * 1e6));
 			list_free(jobs);
 		}
-		else if (!orphans_requeued || celloattr_paused)
+		else if (!orphans_requeued || celloattr_paused || !celloattr_secrets_ready())
 		{
 			/* nothing may be claimed: sleep until woken or poll_interval */
 			claim_now = false;

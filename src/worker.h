@@ -16,11 +16,11 @@
 /* launcher.c: called by _PG_init while preloading. */
 extern void celloattr_register_launcher(void);
 
-/* Around a utility command: DROP DATABASE of the worker's database asks
- * the worker to leave first (returns whether it was asked), and the end
- * lets the launcher start one again. */
-extern bool celloattr_drop_database_begin(struct Node *stmt);
-extern void celloattr_drop_database_end(bool asked);
+/* Around a utility command: DROP DATABASE of the worker's database, by a
+ * role allowed to drop it, asks the worker to leave first; the end (which
+ * must follow however the command ends) lets the launcher start one again. */
+extern void celloattr_drop_database_begin(struct Node *stmt, bool is_top_level);
+extern void celloattr_drop_database_end(void);
 
 PGDLLEXPORT void celloattr_launcher_main(Datum main_arg) pg_attribute_noreturn();
 PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();

@@ -1,5 +1,6 @@
-# t/002_reload.pl: a SIGHUP with changed keys and URLs takes effect in the
-# running worker, also with requests in flight, without a restart.
+# t/002_reload.pl: a SIGHUP with changed keys (a new secrets file) and URLs
+# takes effect in the running worker, also with requests in flight, without
+# a restart.
 
 use strict;
 use warnings;
@@ -12,7 +13,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep);
 
-my $OLD_KEY = 'sk_test_celloattr_secret_0123456789';
+my $OLD_KEY = test_secrets()->{stripe_secret_key};
 my $NEW_KEY = 'sk_test_rotated_celloattr_key_4711';
 
 my $node = celloattr_node('reload');
@@ -52,8 +53,9 @@ my $r2 = $node->safe_psql($db,
 $node->poll_query_until($db,
 	"SELECT count(*) > 0 FROM celloattr.http_log WHERE attribution_id = $r2")
   or note 'no request of r2 recorded before the reload';
+my $secrets = slurp_file($node->data_dir . '/celloattr.secrets');
+write_node_secrets($node, $secrets =~ s/\Q$OLD_KEY\E/$NEW_KEY/r);
 $node->safe_psql('postgres', qq{
-	ALTER SYSTEM SET celloattr.stripe_secret_key = '$NEW_KEY';
 	ALTER SYSTEM SET celloattr.stripe_api_url = 'http://localhost:$port/stripe';
 	SELECT pg_reload_conf();});
 is($node->safe_psql($db, "SELECT celloattr.wait($r2, '60 s')"), 'done',

@@ -1,12 +1,15 @@
-# t/006_secrets.pl: keys never leave the server's configuration, and
-# certificate checks hold.
+# t/006_secrets.pl: keys never leave the secrets file but for the requests
+# they authenticate, and certificate checks hold.
 #
 # With the worker logging at debug5, repairs that succeed, fail on a
 # provider that echoes the key back, and time out: no key in the server
 # log, celloattr.http_log, the job rows, error messages or
-# pg_stat_activity.  (What a non-superuser sees of the settings is in
-# sql/privileges.sql.)  With allow_http off, an https URL whose certificate
-# is self-signed fails the step with a TLS error.
+# pg_stat_activity.  Then every SQL route to settings and files, as a
+# member of pg_monitor, of pg_read_all_settings, the operator role and the
+# owner of the worker's database: no key in anything they read, and no
+# way to set one for a database or role.  With allow_http off, an https URL
+# whose certificate is self-signed fails the step with a TLS error.  (The
+# secrets file itself: t/013_secrets_file.pl.)
 
 use strict;
 use warnings;
@@ -22,9 +25,9 @@ use Time::HiRes qw(sleep);
 
 my $node = celloattr_node('secrets', "celloattr.max_attempts = 2\ncelloattr.request_timeout = 1s\n");
 my $db = $CelloattrTest::DB;
-my @secrets = map { $node->safe_psql($db, "SELECT current_setting('celloattr.$_')") }
-  qw(stripe_secret_key chargebee_api_key chargebee_webhook_username
-  chargebee_webhook_password cello_access_key_id cello_secret_access_key);
+my %secrets = %{ test_secrets() };
+my @secrets = values %secrets;
+is(scalar(@secrets), 6, 'the six keys of the secrets file');
 
 # Where a secret shows in a text: the names of the ones found.
 sub leaked
@@ -42,7 +45,7 @@ fake_seed(stripe_seed('s', 4));
 # a provider that echoes the key in its error, and one that stalls
 fake_fault({ provider => 'stripe', method => 'GET', path_regex => '^/v1/customers/cus_s2$',
 	action => 'status', status => 401, count => 0,
-	body => { error => { type => 'invalid_request_error', message => "Invalid API Key provided: $secrets[0]" } } });
+	body => { error => { type => 'invalid_request_error', message => "Invalid API Key provided: $secrets{stripe_secret_key}" } } });
 fake_fault({ provider => 'stripe', method => 'GET', path_regex => '^/v1/customers/cus_s3$',
 	action => 'stall', seconds => 3, count => 0 });
 queue_stripe($node, 's', 3);
@@ -71,6 +74,63 @@ is(leaked($activity), '', 'no key in pg_stat_activity');
 my $log = slurp_file($node->logfile, $offset);
 cmp_ok(scalar(() = $log =~ /DEBUG/g), '>', 100, 'the server log was written at debug level');
 is(leaked($log), '', 'no key in the server log at debug5');
+
+# Every route to settings and files, for roles a monitoring agent, an
+# operator or a database owner has.
+my $file = $node->data_dir . '/celloattr.secrets';
+$node->safe_psql('postgres', qq{
+	CREATE ROLE monitor LOGIN IN ROLE pg_monitor;
+	CREATE ROLE settings_reader LOGIN IN ROLE pg_read_all_settings;
+	CREATE ROLE operator LOGIN IN ROLE celloattr_operator;
+	CREATE ROLE db_owner LOGIN;
+	ALTER DATABASE $db OWNER TO db_owner;});
+my @routes = (
+	(map { ("SHOW celloattr.$_;", "SELECT current_setting('celloattr.$_', true);") }
+		sort keys %secrets),
+	'SHOW ALL;',
+	'SELECT name, setting, reset_val, boot_val FROM pg_settings;',
+	'SELECT * FROM pg_file_settings;',
+	'SELECT * FROM pg_db_role_setting;',
+	"SELECT pg_read_file('celloattr.secrets');",
+	"SELECT pg_read_file('$file');",
+	"SELECT pg_read_binary_file('celloattr.secrets');",
+	"SELECT * FROM pg_stat_file('celloattr.secrets');",
+	"SELECT pg_ls_dir('.');",
+	"CREATE TEMP TABLE f (line text); COPY f FROM '$file'; SELECT * FROM f;",
+	"SELECT lo_import('$file');",
+	"SELECT query FROM pg_stat_activity WHERE backend_type LIKE 'celloattr%';",
+	"SELECT * FROM celloattr.http_log;",
+	"ALTER DATABASE $db SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
+	"ALTER ROLE CURRENT_USER SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
+	"ALTER DATABASE $db SET celloattr.secrets_file = '/tmp/elsewhere';",
+	"ALTER ROLE CURRENT_USER IN DATABASE $db SET celloattr.secrets_file = '/tmp/elsewhere';");
+my $sql = join("\n", @routes);
+for my $role (qw(monitor settings_reader operator db_owner))
+{
+	my ($out, $err);
+	$node->psql($db, $sql, stdout => \$out, stderr => \$err, on_error_stop => 0,
+		extra_params => [ '-U', $role ]);
+	# the value in the ALTER statements comes back only in the echo of the statement
+	(my $said = "$out\n$err") =~ s/^(STATEMENT|LINE \d+):.*$//mg;
+	is(leaked($said), '', "$role: no key through any route");
+	like($err, qr/permission denied for function pg_read_file/, "$role: pg_read_file denied");
+	like($err, qr/permission denied for function pg_stat_file/, "$role: pg_stat_file denied");
+	like($err, qr/must be superuser or have privileges of the pg_read_server_files role to COPY from a file/,
+		"$role: COPY from the file denied");
+	is(() = $err =~ /(permission denied to set parameter|cannot be changed now|must be owner of database)/g, 4,
+		"$role: no secret or secrets file set for a database or role");
+}
+is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ' ') LIKE '%celloattr%'}),
+	0, 'pg_db_role_setting holds no celloattr setting');
+# the routes are not blind: a superuser reads the file through them
+my ($out, $err);
+$node->psql($db, "SELECT pg_read_file('celloattr.secrets');", stdout => \$out, stderr => \$err);
+is(leaked($out), join(' ', @secrets), 'a superuser reads the secrets file');
+# nor does a superuser put a key in a setting
+$node->psql($db, "ALTER DATABASE $db SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
+	stderr => \$err);
+like($err, qr/cannot be changed now|is ignored/, 'ALTER DATABASE SET of a key refused for a superuser too');
 
 # a superuser alone may point the worker elsewhere
 my ($rc, $out, $err) = $node->psql($db, q{

@@ -12,6 +12,8 @@ Each TAP test starts its own node with the library preloaded and the
 worker pointed at the local API fake that scripts/test started: the
 settings come from the file named by CELLOATTR_TAP_CONF (written by
 scripts/test with the same write_conf as the pg_regress suites), the
+provider secrets from the secrets file beside it (copied into each node's
+data directory, where README.md tells an installation to keep it), the
 fake's port from FAKE_API_PORT_FILE.  The fake is driven through its
 control API (test/fake/README.md) directly over HTTP.
 
@@ -39,7 +41,7 @@ our @EXPORT = qw(
   celloattr_node fake fake_reset fake_seed fake_fault fake_requests
   fake_state fake_deliveries worker_pid wait_for_new_worker
   wait_all_final stripe_seed queue_stripe check_stripe_effects
-  worker_crashes psql_within attribute_one);
+  worker_crashes psql_within attribute_one test_secrets write_node_secrets);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
 binmode(Test::More->builder->$_, ':encoding(UTF-8)')
@@ -93,12 +95,48 @@ sub fake_state
 
 sub fake_deliveries { fake('GET', '/_control/deliveries'); }
 
+# The secrets file scripts/test wrote beside the settings.
+sub secrets_file
+{
+	my $conf = $ENV{CELLOATTR_TAP_CONF}
+	  or BAIL_OUT('CELLOATTR_TAP_CONF is not set: run the TAP tests through scripts/test');
+	return $conf =~ s/\.conf$/.secrets/r;
+}
+
+# The suite's provider secrets: key => value.
+sub test_secrets
+{
+	my %secrets = slurp_file(secrets_file()) =~ /^(\w+) = '([^']*)'$/mg;
+	return \%secrets;
+}
+
+=pod
+
+=item write_node_secrets($node, $text)
+
+Replaces the node's secrets file (celloattr.secrets in its data directory,
+mode 0600) with $text; the worker reads it on the next reload.
+
+=cut
+
+sub write_node_secrets
+{
+	my ($node, $text) = @_;
+	my $file = $node->data_dir . '/celloattr.secrets';
+	open(my $fh, '>', "$file.new") or die "$file.new: $!";
+	print $fh $text;
+	close($fh) or die "$file.new: $!";
+	chmod(0600, "$file.new") or die "chmod $file.new: $!";
+	rename("$file.new", $file) or die "rename to $file: $!";
+}
+
 =pod
 
 =item celloattr_node($name, $extra_conf)
 
 A started node whose worker serves $DB (created, with the extension), with
-the suite's settings plus $extra_conf.
+the suite's settings plus $extra_conf, and the suite's secrets in the
+default secrets file of its data directory.
 
 =cut
 
@@ -111,9 +149,12 @@ sub celloattr_node
 
 	$node->init;
 	$node->append_conf('postgresql.conf', slurp_file($conf));
+	write_node_secrets($node, slurp_file(secrets_file()));
 	# a crashed worker restarts the server's processes, as in production
 	$node->append_conf('postgresql.conf',
-		"celloattr.database = '$DB'\nrestart_after_crash = on\n" . ($extra // ''));
+		"celloattr.database = '$DB'\nrestart_after_crash = on\n"
+		  . "celloattr.secrets_file = 'celloattr.secrets'\n"
+		  . ($extra // ''));
 	$node->start;
 	$node->safe_psql('postgres', "CREATE DATABASE $DB");
 	$node->safe_psql($DB, 'CREATE EXTENSION celloattr');
