@@ -9,7 +9,7 @@
 # owner of the worker's database: no key in anything they read, and no
 # way to set one for a database or role.  With allow_http off, an https URL
 # whose certificate is self-signed fails the step with a TLS error.  (The
-# secrets file itself: t/013_secrets_file.pl.)
+# secrets file itself: t/015_secrets_file.pl.)
 
 use strict;
 use warnings;

@@ -1,4 +1,4 @@
-# t/012_stop_rights.pl: no role without the rights can stop the worker, or
+# t/014_stop_rights.pl: no role without the rights can stop the worker, or
 # keep it stopped.
 #
 # DROP DATABASE of the worker's database asks the worker to leave only when

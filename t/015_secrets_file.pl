@@ -1,4 +1,4 @@
-# t/013_secrets_file.pl: the secrets file, as the worker reads it.
+# t/015_secrets_file.pl: the secrets file, as the worker reads it.
 #
 # The worker reads it at start and on each reload.  A file it refuses (group
 # or world access, a syntax error, an unknown or repeated key, missing, not
