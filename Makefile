@@ -16,6 +16,8 @@ OBJS = \
 	src/worker.o \
 	src/queue.o \
 	src/record.o \
+	src/outcomes.o \
+	src/session.o \
 	src/retention.o \
 	src/http.o \
 	src/job.o \

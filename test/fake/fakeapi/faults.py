@@ -49,6 +49,13 @@ class Fault:
         self.remaining = None if count is None or int(count) <= 0 else int(count)
         self.status = int(spec.get("status", 500))
         self.body = spec.get("body")
+        # bytes no JSON string can carry (invalid UTF-8): the body as hex
+        self.body_hex = spec.get("body_hex")
+        if self.body_hex is not None:
+            try:
+                bytes.fromhex(self.body_hex)
+            except (TypeError, ValueError):
+                raise FaultError("body_hex must be a string of hex digits")
         self.headers = spec.get("headers") or {}
         self.seconds = float(spec.get("seconds", 5))
         self.retry_after = spec.get("retry_after")

@@ -309,7 +309,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _fault_response(self, provider, req, f):
         if f.action == "status":
-            if f.body is None:
+            if f.body_hex is not None:
+                resp = Response(f.status, raw=bytes.fromhex(f.body_hex), content_type="application/json")
+            elif f.body is None:
                 resp = provider.error_response(req, f.status, None)
             elif isinstance(f.body, str):
                 resp = Response(f.status, raw=f.body.encode("utf-8"), content_type="text/plain")
