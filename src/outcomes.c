@@ -26,7 +26,6 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 
@@ -284,12 +283,10 @@ record_outcomes(List *jobs)
 			 * The worker commits asynchronously (worker.c); a step that is
 			 * not replay-safe commits synchronously, so that an acknowledged
 			 * event without an idempotency key is never sent again because
-			 * its outcome was lost.  At PGC_S_OVERRIDE, the source of the
-			 * worker's own setting: a lower one would be ignored.
+			 * its outcome was lost.
 			 */
 			if (!replay_safe)
-				(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
-										 GUC_ACTION_LOCAL, true, 0, false);
+				queue_commit_synchronously();
 			queue_commit();
 			later = held;
 		}

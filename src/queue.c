@@ -178,6 +178,18 @@ queue_extension_ready(void)
 	return ready;
 }
 
+/*
+ * The rest of this transaction commits synchronously, unlike the worker's
+ * other ones (worker.c).
+ */
+void
+queue_commit_synchronously(void)
+{
+	/* at the source of the worker's own setting: a lower one is ignored */
+	(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
 static void
 forget_orphan(int64 id)
 {
@@ -297,6 +309,9 @@ queue_requeue_orphans(void)
 				}
 			}
 
+			/* the count of interruptions must outlive the next crash */
+			queue_commit_synchronously();
+
 			/* what an application held is still running: later */
 			celloattr_execute_columns(&still_running_plan,
 					"SELECT id FROM celloattr.jobs WHERE id = ANY ($1) AND state = 'running'",
@@ -408,6 +423,7 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	Oid			types[3] = {INT4OID, INT4OID, INT4OID};
 	Datum		values[3];
 	List	   *jobs = NIL;
+	bool		durable = false;
 	bool		isnull;
 	Datum		d;
 
@@ -439,7 +455,7 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 			"            j.idempotency_key, j.payload::text, a.ucc, a.new_user_id,"
 			"            a.gateway, a.customer_id, a.email, a.name, a.organization_id,"
 			"            a.signup_via_api, a.signed_up_at, a.requested_at, a.force,"
-			"            a.dry_run, d.exhausted"
+			"            a.dry_run, d.exhausted, j.interruptions > 0"
 			"), started AS ("
 			"  UPDATE celloattr.attributions SET state = 'running'"
 			"   WHERE id = ANY (ARRAY(SELECT attribution_id FROM claimed))"
@@ -462,6 +478,9 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 		MemoryContextSwitchTo(old);
 		/* ours now, whatever it was before */
 		forget_orphan(job->id);
+		if (job->ops == NULL || !job->ops->replay_safe ||
+			get_bool(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 21))
+			durable = true;
 	}
 
 	/* after a full claim the worker claims again as soon as it has room */
@@ -481,6 +500,17 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 			*next_due = LOCKED_RETRY_SECONDS;
 	}
 
+	/*
+	 * The attempt and the 'running' state must survive a crash before the
+	 * request goes out, for a step whose repeat is not harmless (no
+	 * idempotency key) or one a worker already stopped on: else a worker
+	 * dying on it would send it again and again, each time unseen by
+	 * max_attempts and by the count of interruptions.  Other claims commit
+	 * asynchronously, like the rest of the worker's writes (a lost claim
+	 * only runs a replay-safe step once more, under the same key).
+	 */
+	if (durable)
+		queue_commit_synchronously();
 	queue_commit();
 	return jobs;
 }

@@ -40,6 +40,7 @@ extern void worker_pin_settings(void);
  * and returns to the caller's memory context with a copy of the error.
  */
 extern bool queue_begin(const char *activity);
+extern void queue_commit_synchronously(void);
 extern void queue_commit(void);
 extern ErrorData *queue_recover(MemoryContext cxt);
 extern bool queue_is_lock_conflict(const ErrorData *error);
