@@ -25,6 +25,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -63,7 +64,8 @@ result_ids(int *n)
  * Lock the rows of the jobs' steps and attributions that nobody else
  * holds; returns the jobs that may be recorded now, and in *held those
  * whose rows someone holds (both lists allocated in keep, which outlives
- * SPI's memory).  A step whose row is gone (its attribution was
+ * SPI's memory); a job claimed from an extension that was dropped since is
+ * in neither.  A step whose row is gone (its attribution was
  * deleted) is recorded: only its log rows are written.
  *
  * Whoever adds steps to an attribution (cello_transaction(), retry(),
@@ -81,6 +83,7 @@ lock_rows(List *jobs, List **held, MemoryContext keep)
 	List	   *mine = NIL;
 	ListCell   *lc;
 	MemoryContext old;
+	Oid			extension = get_extension_oid("celloattr", false);
 
 	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, list_length(jobs));
 	foreach(lc, jobs)
@@ -110,6 +113,12 @@ lock_rows(List *jobs, List **held, MemoryContext keep)
 	{
 		Job		   *job = lfirst(lc);
 
+		/*
+		 * Claimed from an extension since dropped: its rows are gone, and
+		 * the ids it had may be another step's now.  Nothing is written.
+		 */
+		if (job->extension != extension)
+			continue;
 		if (holds_id(locked, nlocked, job->id) || !holds_id(existing, nexisting, job->id))
 			mine = lappend(mine, job);
 		else

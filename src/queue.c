@@ -357,7 +357,7 @@ get_bool(HeapTuple tuple, TupleDesc desc, int col)
 
 /* A Job, in its own memory context, from a row of the claim. */
 static Job *
-job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
+job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent, Oid extension)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "celloattr job",
 											  ALLOCSET_SMALL_SIZES);
@@ -367,6 +367,7 @@ job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
 	Datum		d;
 
 	job->cxt = cxt;
+	job->extension = extension;
 	job->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 	job->attribution_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
 	job->kind = copy_text(tuple, desc, 3);
@@ -426,9 +427,11 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	bool		durable = false;
 	bool		isnull;
 	Datum		d;
+	Oid			extension;
 
 	if (!queue_begin("claiming due steps"))
 		return NIL;
+	extension = get_extension_oid("celloattr", false);
 	queue_plan_lookups_by_key();
 
 	/*
@@ -470,7 +473,7 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Job		   *job = job_from_row(SPI_tuptable->vals[i],
-									   SPI_tuptable->tupdesc, jobs_cxt);
+									   SPI_tuptable->tupdesc, jobs_cxt, extension);
 		/* the list must outlive SPI's memory */
 		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
 

@@ -26,7 +26,9 @@
  * queue's tables could not be locked at once (or an error stopped the
  * transaction), else those whose row or attribution an application holds.
  * A step whose outcome cannot be written (an error that is not a lock
- * conflict) is recorded failed, with that error, instead.
+ * conflict) is recorded failed, with that error, instead; one claimed from
+ * an extension that was dropped since is left out (its ids may be other
+ * steps' now).
  */
 extern List *record_outcomes(List *jobs);
 
