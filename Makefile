@@ -19,6 +19,8 @@ OBJS = \
 	src/queue.o \
 	src/record.o \
 	src/dbtext.o \
+	src/outcomes.o \
+	src/session.o \
 	src/retention.o \
 	src/http.o \
 	src/job.o \

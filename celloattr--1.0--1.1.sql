@@ -36,3 +36,51 @@ REVOKE ALL ON FUNCTION celloattr._keep_first_installation() FROM PUBLIC;
 DELETE FROM celloattr.installation
  WHERE install_id <> (SELECT install_id FROM celloattr.installation
 					   ORDER BY created_at, install_id LIMIT 1);
+ * Times in a row a worker stopped while a step was running: a step that
+ * reached 3 is set aside ('failed') instead of being sent again, and
+ * retry() starts it over.
+ */
+ALTER TABLE celloattr.jobs ADD COLUMN interruptions integer NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE FUNCTION celloattr.retry(attribution_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a celloattr.attributions;
+	requeued integer;
+BEGIN
+	SELECT * INTO a FROM celloattr.attributions WHERE id = retry.attribution_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'attribution % does not exist', retry.attribution_id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+	IF a.superseded_by IS NOT NULL THEN
+		RAISE EXCEPTION 'attribution % was superseded by attribution %', a.id, a.superseded_by
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Retry the attribution that superseded it.';
+	END IF;
+	IF a.state = 'cancelled' THEN
+		RAISE EXCEPTION 'attribution % was cancelled', a.id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Call celloattr.cello_attribute() again to queue a new repair.';
+	END IF;
+
+	-- failed steps (set aside ones too) start over with a fresh attempt
+	-- budget; steps waiting out a backoff become due now
+	UPDATE celloattr.jobs j
+	   SET state = 'queued', attempts = CASE WHEN j.state = 'failed' THEN 0 ELSE j.attempts END,
+		   interruptions = CASE WHEN j.state = 'failed' THEN 0 ELSE j.interruptions END,
+		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
+	 WHERE j.attribution_id = a.id AND j.state IN ('failed', 'queued');
+	GET DIAGNOSTICS requeued = ROW_COUNT;
+
+	IF requeued > 0 AND a.state IN ('failed', 'needs_support', 'done') THEN
+		UPDATE celloattr.attributions
+		   SET state = 'queued', finished_at = NULL, last_error = NULL
+		 WHERE id = a.id;
+	END IF;
+	RETURN requeued;
+END;
+$$;

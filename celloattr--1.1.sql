@@ -95,7 +95,10 @@ CREATE TABLE celloattr.jobs (
 	last_error text,
 	result jsonb,
 	created_at timestamptz NOT NULL DEFAULT now(),
-	finished_at timestamptz
+	finished_at timestamptz,
+	-- times in a row a worker stopped while this step was running; at 3
+	-- the step is set aside ('failed') instead of being sent again
+	interruptions integer NOT NULL DEFAULT 0
 );
 
 /* The worker's claim reads only due rows, in order. */
@@ -270,10 +273,11 @@ BEGIN
 				  HINT = 'Call celloattr.cello_attribute() again to queue a new repair.';
 	END IF;
 
-	-- failed steps start over with a fresh attempt budget; steps waiting out
-	-- a backoff become due now
+	-- failed steps (set aside ones too) start over with a fresh attempt
+	-- budget; steps waiting out a backoff become due now
 	UPDATE celloattr.jobs j
 	   SET state = 'queued', attempts = CASE WHEN j.state = 'failed' THEN 0 ELSE j.attempts END,
+		   interruptions = CASE WHEN j.state = 'failed' THEN 0 ELSE j.interruptions END,
 		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
 	 WHERE j.attribution_id = a.id AND j.state IN ('failed', 'queued');
 	GET DIAGNOSTICS requeued = ROW_COUNT;

@@ -95,6 +95,8 @@ struct Job
 	int			attempts;
 	char	   *idempotency_key;
 	char	   *payload;		/* JSON object */
+	Oid			extension;		/* the celloattr it was claimed from: ids
+								 * start again in a re-created one */
 
 	/* its attribution */
 	char	   *ucc;

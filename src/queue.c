@@ -9,6 +9,19 @@
  * never queues behind (or holds up) a TRUNCATE, DROP EXTENSION or pg_dump:
  * if it cannot have them at once it simply tries again later.  A missing
  * extension is not an error either: the worker idles until it is created.
+ * Row locks are taken with SKIP LOCKED: a step whose row, or whose
+ * attribution's row, an application holds (the careful path of
+ * cello_attribute() and cello_transaction(), retry(), cancel(), a DBA's
+ * SELECT ... FOR SHARE) is left for a later claim; the worker never waits
+ * for it, so it can neither stall nor deadlock with its callers.
+ *
+ * An ERROR in one of these transactions never ends the worker: the caller
+ * catches it, queue_recover() rolls the transaction back, and the worker
+ * tries again later.
+ *
+ * Every function the statements call is named with pg_catalog; operators
+ * and types resolve through the worker's pinned search_path (session.c),
+ * which searches pg_catalog first.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,14 +43,28 @@
 
 #include "celloattr.h"
 #include "dbtext.h"
+#include "record.h"
 #include "worker.h"
+
+/* Seconds before claiming again when every due step was locked. */
+#define LOCKED_RETRY_SECONDS 0.25
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
+static SPIPlanPtr orphans_plan = NULL;
 static SPIPlanPtr requeue_plan = NULL;
+static SPIPlanPtr still_running_plan = NULL;
 
 /* The worker's context, given back after each transaction. */
 static MemoryContext caller_cxt = NULL;
+
+/*
+ * Orphans (steps a previous worker left running) that an application held
+ * locked when they were requeued: requeued later.  NULL until the first
+ * requeue committed.
+ */
+static int64 *orphans_left = NULL;
+static int	norphans_left = 0;
 
 /* Lock our tables if that can be done at once; false if not (or absent). */
 static bool
@@ -93,40 +120,225 @@ queue_commit(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * After an ERROR caught in one of the worker's transactions (or outside
+ * one, in a step's code): report it to the server log, roll back whatever
+ * is open (AbortCurrentTransaction also cleans up SPI, snapshots, locks,
+ * buffer pins and resource owners), and return to cxt with a copy of the
+ * error, allocated there.  The worker carries on.
+ */
+ErrorData *
+queue_recover(MemoryContext cxt)
+{
+	ErrorData  *error;
+
+	MemoryContextSwitchTo(cxt);
+	error = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return error;
+}
+
+/*
+ * An error that says "someone else holds what you need" (a lock wait cut
+ * by the pinned lock_timeout, a deadlock, a cancel): what failed is tried
+ * again later, as it is.
+ */
+bool
+queue_is_lock_conflict(const ErrorData *error)
+{
+	return error->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		error->sqlerrcode == ERRCODE_QUERY_CANCELED;
+}
+
+/* Whether the extension exists; false also after an error (logged). */
 bool
 queue_extension_ready(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	bool		ready;
+	volatile bool ready = false;
 
-	StartTransactionCommand();
-	ready = OidIsValid(get_extension_oid("celloattr", true));
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		ready = OidIsValid(get_extension_oid("celloattr", true));
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		ready = false;
+		FreeErrorData(queue_recover(cxt));
+	}
+	PG_END_TRY();
 	return ready;
 }
 
 /*
+ * The rest of this transaction commits synchronously, unlike the worker's
+ * other ones (worker.c).
+ */
+void
+queue_commit_synchronously(void)
+{
+	/* at the source of the worker's own setting: a lower one is ignored */
+	(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+static void
+forget_orphan(int64 id)
+{
+	for (int i = 0; i < norphans_left; i++)
+		if (orphans_left[i] == id)
+			orphans_left[i] = orphans_left[--norphans_left];
+}
+
+/* The ids of the first column of the SPI result, in TopMemoryContext. */
+static int64 *
+result_ids(int *n)
+{
+	int64	   *ids = MemoryContextAlloc(TopMemoryContext,
+										 Max(SPI_processed, 1) * sizeof(int64));
+	bool		isnull;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	*n = (int) SPI_processed;
+	return ids;
+}
+
+/*
  * Steps left 'running' by a worker that is gone are due again, with the
- * idempotency key they had.  At start-up every running step is orphaned:
- * this is the only worker.  False if the tables could not be locked at
- * once (try again later).
+ * idempotency key they had; a step that was running each of the last
+ * STOPS_BEFORE_SET_ASIDE times a worker stopped is set aside instead (a
+ * worker that dies on it would otherwise send it again and again).  The
+ * count is kept in jobs.interruptions, and reset when an outcome of the
+ * step is recorded (record.c) or an operator retries it.
+ *
+ * At start-up every running step is an orphan: this is the only worker.
+ * Orphans whose row (or attribution) an application holds are left to a
+ * later call (queue_orphans_left()), while the worker serves the rest; a
+ * step the worker claims is no orphan, even if its id was one.  False if
+ * nothing was done: the tables could not be locked at once, or an error.
  */
 bool
 queue_requeue_orphans(void)
 {
-	if (!queue_begin("requeueing steps of a previous worker"))
-		return false;
-	celloattr_prepare(&requeue_plan,
-					  "UPDATE celloattr.jobs SET state = 'queued', lease_until = NULL, next_attempt_at = now() "
-					  " WHERE state = 'running'",
-					  0, NULL);
-	celloattr_execute(requeue_plan, NULL, NULL, SPI_OK_UPDATE);
-	if (SPI_processed > 0)
-		elog(LOG, "celloattr worker: %llu step(s) left running by a previous worker are due again",
-			 (unsigned long long) SPI_processed);
-	queue_commit();
-	return true;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool done = false;
+
+	PG_TRY();
+	{
+		if (queue_begin("requeueing steps of a previous worker"))
+		{
+			ArrayColumn ids;
+			int64	   *found = orphans_left;
+			int			nfound = norphans_left;
+			int64	   *left;
+			int			nleft;
+			int			set_aside = 0;
+
+			if (found == NULL)
+			{
+				celloattr_prepare(&orphans_plan,
+						"SELECT id FROM celloattr.jobs WHERE state = 'running'",
+						0, NULL);
+				celloattr_execute(orphans_plan, NULL, NULL, SPI_OK_SELECT);
+				found = result_ids(&nfound);
+			}
+			celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, nfound);
+			for (int i = 0; i < nfound; i++)
+				celloattr_column_add(&ids, Int64GetDatum(found[i]), false);
+
+			/* the attributions are locked too: a set-aside step settles its own */
+			celloattr_execute_columns(&requeue_plan,
+					"WITH orphan AS MATERIALIZED ("
+					"  SELECT j.id FROM celloattr.jobs j"
+					"    JOIN celloattr.attributions a ON a.id = j.attribution_id"
+					"   WHERE j.id = ANY ($1) AND j.state = 'running'"
+					"   ORDER BY a.id, j.id"
+					"     FOR NO KEY UPDATE OF j SKIP LOCKED FOR UPDATE OF a SKIP LOCKED)"
+					"UPDATE celloattr.jobs j"
+					"   SET interruptions = j.interruptions + 1, lease_until = NULL,"
+					"       next_attempt_at = pg_catalog.now(),"
+					"       state = CASE WHEN j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE)
+					"                    THEN 'failed' ELSE 'queued' END,"
+					"       finished_at = CASE WHEN j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE)
+					"                    THEN pg_catalog.now() END,"
+					"       last_error = CASE WHEN j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE)
+					"                    THEN 'set aside: the worker stopped while this step was running,"
+					" " CppAsString2(STOPS_BEFORE_SET_ASIDE) " times in a row (the last request may have"
+					" reached the provider); look at celloattr.http_log, then celloattr.retry() runs it"
+					" again' ELSE j.last_error END"
+					"  FROM orphan o WHERE o.id = j.id"
+					" RETURNING j.attribution_id, j.state = 'failed'",
+					&ids, 1, SPI_OK_UPDATE_RETURNING);
+			if (SPI_processed > 0)
+			{
+				ArrayColumn settle;
+
+				celloattr_columns_init(&settle, (Oid[]) {INT8OID}, 1, SPI_processed);
+				for (uint64 i = 0; i < SPI_processed; i++)
+				{
+					bool		isnull;
+					HeapTuple	tuple = SPI_tuptable->vals[i];
+
+					if (DatumGetBool(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull)))
+					{
+						set_aside++;
+						celloattr_column_add(&settle, SPI_getbinval(tuple, SPI_tuptable->tupdesc,
+																	1, &isnull), false);
+					}
+				}
+				ereport(LOG,
+						(errmsg("celloattr worker: %llu step(s) left running by a previous worker are due again, %d set aside",
+								(unsigned long long) SPI_processed - set_aside, set_aside)));
+				if (set_aside > 0)
+				{
+					ereport(WARNING,
+							(errmsg("celloattr worker: %d step(s) set aside after the worker stopped %d times in a row while they ran",
+									set_aside, STOPS_BEFORE_SET_ASIDE),
+							 errhint("Their last_error says so; celloattr.retry() runs them again.")));
+					record_settle(&settle);
+				}
+			}
+
+			/* the count of interruptions must outlive the next crash */
+			queue_commit_synchronously();
+
+			/* what an application held is still running: later */
+			celloattr_execute_columns(&still_running_plan,
+					"SELECT id FROM celloattr.jobs WHERE id = ANY ($1) AND state = 'running'",
+					&ids, 1, SPI_OK_SELECT);
+			left = result_ids(&nleft);
+			queue_commit();
+			if (orphans_left)
+				pfree(orphans_left);
+			orphans_left = left;
+			norphans_left = nleft;
+			done = true;
+		}
+	}
+	PG_CATCH();
+	{
+		FreeErrorData(queue_recover(cxt));
+	}
+	PG_END_TRY();
+	return done;
+}
+
+/* Orphans still to requeue; -1 before the first requeue committed. */
+int
+queue_orphans_left(void)
+{
+	return orphans_left ? norphans_left : -1;
 }
 
 /* A text column as the UTF-8 the worker sends providers. */
@@ -147,7 +359,7 @@ get_bool(HeapTuple tuple, TupleDesc desc, int col)
 
 /* A Job, in its own memory context, from a row of the claim. */
 static Job *
-job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
+job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent, Oid extension)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "celloattr job",
 											  ALLOCSET_SMALL_SIZES);
@@ -157,6 +369,7 @@ job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
 	Datum		d;
 
 	job->cxt = cxt;
+	job->extension = extension;
 	job->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 	job->attribution_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
 	job->kind = copy_text(tuple, desc, 3);
@@ -179,15 +392,16 @@ job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent)
 	job->force = get_bool(tuple, desc, 18);
 	job->dry_run = get_bool(tuple, desc, 19);
 	job->ops = job_step_ops(job->kind);
+	if (get_bool(tuple, desc, 20))
+	{
+		/* settled before it starts: recording it gives it up */
+		job->verdict = JOB_RETRY;
+		job->error = psprintf("claimed again after its last attempt (a worker stopped while it ran); not sent again");
+	}
 	MemoryContextSwitchTo(old);
 	return job;
 }
 
-/*
- * Claim up to max_jobs due steps (state 'running', one more attempt, a
- * lease) and commit.  *next_due is set to the seconds until the next queued
- * step falls due, or -1: none, or the claim was full.
- */
 /*
  * For the rest of the transaction, plan index lookups only.  The worker's
  * statements reach a few rows by key; a plan made while the queue is nearly
@@ -205,71 +419,139 @@ queue_plan_lookups_by_key(void)
 								 GUC_ACTION_LOCAL, true, 0, false);
 }
 
-List *
-queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
+/* queue_claim() without the error handling. */
+static List *
+claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 {
-	Oid			types[2] = {INT4OID, INT4OID};
-	Datum		values[2];
+	Oid			types[3] = {INT4OID, INT4OID, INT4OID};
+	Datum		values[3];
 	List	   *jobs = NIL;
+	bool		durable = false;
 	bool		isnull;
 	Datum		d;
+	Oid			extension;
 
-	*next_due = -1;
 	if (!queue_begin("claiming due steps"))
 		return NIL;
+	extension = get_extension_oid("celloattr", false);
 	queue_plan_lookups_by_key();
 
+	/*
+	 * The due steps and their attributions are locked with SKIP LOCKED, so
+	 * LIMIT counts only steps the worker can have: those an application
+	 * holds wait for a later claim and take no room from the others.  As
+	 * nothing here waits, the order they are locked in cannot deadlock.
+	 */
 	celloattr_prepare_replanned(&claim_plan,
-			"WITH claimed AS ("
+			"WITH due AS MATERIALIZED ("
+			"  SELECT j.id, j.attempts >= $3 AS exhausted"
+			"    FROM celloattr.jobs j JOIN celloattr.attributions a ON a.id = j.attribution_id"
+			"   WHERE j.state = 'queued' AND j.next_attempt_at <= pg_catalog.now()"
+			"   ORDER BY j.next_attempt_at, j.id LIMIT $1"
+			"     FOR NO KEY UPDATE OF j SKIP LOCKED FOR NO KEY UPDATE OF a SKIP LOCKED"
+			"), claimed AS ("
 			"  UPDATE celloattr.jobs j"
-			"     SET state = 'running', attempts = j.attempts + 1,"
-			"         lease_until = now() + make_interval(secs => $2)"
-			"    FROM celloattr.attributions a"
-			"   WHERE a.id = j.attribution_id"
-			"     AND j.id = ANY (ARRAY("
-			"         SELECT id FROM celloattr.jobs"
-			"          WHERE state = 'queued' AND next_attempt_at <= now()"
-			"          ORDER BY next_attempt_at, id LIMIT $1"
-			"            FOR UPDATE SKIP LOCKED))"
+			"     SET state = 'running',"
+			"         attempts = j.attempts + CASE WHEN d.exhausted THEN 0 ELSE 1 END,"
+			"         lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $2)"
+			"    FROM due d, celloattr.attributions a"
+			"   WHERE j.id = d.id AND a.id = j.attribution_id"
 			"  RETURNING j.id, j.attribution_id, j.kind, j.stage, j.attempts,"
 			"            j.idempotency_key, j.payload::text, a.ucc, a.new_user_id,"
 			"            a.gateway, a.customer_id, a.email, a.name, a.organization_id,"
 			"            a.signup_via_api, a.signed_up_at, a.requested_at, a.force,"
-			"            a.dry_run"
+			"            a.dry_run, d.exhausted, j.interruptions > 0"
 			"), started AS ("
 			"  UPDATE celloattr.attributions SET state = 'running'"
 			"   WHERE id = ANY (ARRAY(SELECT attribution_id FROM claimed))"
 			"     AND state = 'queued'"
 			")"
 			"SELECT * FROM claimed ORDER BY id",
-			2, types);
+			3, types);
 	values[0] = Int32GetDatum(max_jobs);
 	values[1] = Int32GetDatum(worker_lease_seconds());
+	values[2] = Int32GetDatum(celloattr_max_attempts);
 	celloattr_execute(claim_plan, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Job		   *job = job_from_row(SPI_tuptable->vals[i],
-									   SPI_tuptable->tupdesc, jobs_cxt);
+									   SPI_tuptable->tupdesc, jobs_cxt, extension);
 		/* the list must outlive SPI's memory */
 		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
 
 		jobs = lappend(jobs, job);
 		MemoryContextSwitchTo(old);
+		/* ours now, whatever it was before */
+		forget_orphan(job->id);
+		if (job->ops == NULL || !job->ops->replay_safe ||
+			get_bool(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 21))
+			durable = true;
 	}
 
 	/* after a full claim the worker claims again as soon as it has room */
 	if (list_length(jobs) < max_jobs)
 	{
 		celloattr_prepare(&next_due_plan,
-				"SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
+				/* EXTRACT is grammar for pg_catalog.extract() */
+				"SELECT EXTRACT(epoch FROM pg_catalog.min(next_attempt_at) - pg_catalog.now())::float8"
 				"  FROM celloattr.jobs WHERE state = 'queued'",
 				0, NULL);
 		celloattr_execute(next_due_plan, NULL, NULL, SPI_OK_SELECT);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
 			*next_due = Max(0.0, DatumGetFloat8(d));
+		/* due but not claimed: held by someone; look again soon, not at once */
+		if (*next_due == 0.0)
+			*next_due = LOCKED_RETRY_SECONDS;
 	}
 
+	/*
+	 * The attempt and the 'running' state must survive a crash before the
+	 * request goes out, for a step whose repeat is not harmless (no
+	 * idempotency key) or one a worker already stopped on: else a worker
+	 * dying on it would send it again and again, each time unseen by
+	 * max_attempts and by the count of interruptions.  Other claims commit
+	 * asynchronously, like the rest of the worker's writes (a lost claim
+	 * only runs a replay-safe step once more, under the same key).
+	 */
+	if (durable)
+		queue_commit_synchronously();
 	queue_commit();
+	return jobs;
+}
+
+/*
+ * Claim up to max_jobs due steps (state 'running', one more attempt, a
+ * lease) and commit.  *next_due is set to the seconds until the next queued
+ * step falls due, or -1: none, or the claim was full.  Nothing is claimed
+ * after an error (logged): the caller tries again later.
+ *
+ * A step that already used celloattr.max_attempts (its worker stopped
+ * while it ran, after its last attempt) is claimed without one more: it
+ * comes back settled (JOB_RETRY out of attempts), so that recording it
+ * gives it up, and nothing is sent.
+ */
+List *
+queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *volatile jobs = NIL;
+
+	*next_due = -1;
+	PG_TRY();
+	{
+		jobs = claim(max_jobs, jobs_cxt, next_due);
+	}
+	PG_CATCH();
+	{
+		ListCell   *lc;
+
+		FreeErrorData(queue_recover(cxt));
+		foreach(lc, jobs)
+			MemoryContextDelete(((Job *) lfirst(lc))->cxt);
+		jobs = NIL;
+		*next_due = -1;
+	}
+	PG_END_TRY();
 	return jobs;
 }

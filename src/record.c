@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * record.c
- *	  Recording what the worker's finished steps did, all in one
- *	  transaction: every request for the log, each step's verdict and what
- *	  it learned, and the next move of each attribution.
+ *	  Recording what a batch of the worker's finished steps did: every
+ *	  request for the log, each step's verdict and what it learned, and the
+ *	  next move of each attribution (outcomes.c runs it in a transaction,
+ *	  with the rows locked, and falls back to one step at a time).
  *
  * The recording is set-based: a batch's rows reach each table through one
  * statement, passed as arrays that unnest() turns back into rows, so a
@@ -14,6 +15,11 @@
  * The result is that of recording the steps one after another: the rows
  * of each table are written in the batch's order, and the attributions
  * move on (next stage due, or final state) once all their steps are in.
+ *
+ * Functions are named with pg_catalog (unnest(a, b, ...) of several arrays
+ * is written as the ROWS FROM (unnest(a), unnest(b), ...) it stands for,
+ * as only that form takes qualified names); operators and types resolve
+ * through the worker's pinned search_path (session.c), pg_catalog first.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,7 +48,6 @@ typedef struct Outcome
 } Outcome;
 
 static SPIPlanPtr log_plan = NULL;
-static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr finish_plan = NULL;
 static SPIPlanPtr found_plan = NULL;
 static SPIPlanPtr follow_up_plan = NULL;
@@ -108,7 +113,10 @@ log_requests(List *jobs)
 			"INSERT INTO celloattr.http_log (job_id, attribution_id, attempt, provider, method,"
 			"  url, request_headers, request_body, status, response_body, error, started_at,"
 			"  duration_ms)"
-			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+			" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                  pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+			"                  pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12),"
+			"                  pg_catalog.unnest($13))",
 			cols, lengthof(cols), SPI_OK_INSERT);
 }
 
@@ -185,25 +193,6 @@ outcome_of(Job *job)
 }
 
 /*
- * Whoever adds steps to an attribution (cello_transaction(), retry(),
- * cancel()) holds its row lock until commit: take the locks first, so the
- * promotions and final states below see what they added.  In id order,
- * so that two lockers of several attributions cannot deadlock.
- */
-static void
-lock_attributions(Job **jobs, int njobs)
-{
-	ArrayColumn ids;
-
-	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
-	for (int i = 0; i < njobs; i++)
-		celloattr_column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
-	celloattr_execute_columns(&lock_plan,
-			"SELECT 1 FROM celloattr.attributions WHERE id = ANY ($1) ORDER BY id FOR UPDATE",
-			&ids, 1, SPI_OK_SELECT);
-}
-
-/*
  * Write each step's verdict.  stages[i] is set to the stage of jobs[i], or
  * to -1 if its row was no longer running: cancelled (or superseded) while
  * in flight, the log is all that is kept of it.
@@ -244,11 +233,13 @@ finish_steps(Job **jobs, const Outcome *outcomes, int njobs, int16 *stages)
 	celloattr_prepare(&finish_plan,
 			"UPDATE celloattr.jobs j"
 			"   SET state = o.state, attempts = j.attempts - o.refund, lease_until = NULL,"
-			"       next_attempt_at = now() + make_interval(secs => o.delay),"
+			"       next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => o.delay),"
 			"       last_status = o.status, last_error = o.error,"
 			"       result = coalesce(o.result::jsonb, j.result),"
-			"       finished_at = CASE WHEN o.state IN ('done', 'failed', 'support') THEN now() END"
-			"  FROM unnest($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY"
+			"       finished_at = CASE WHEN o.state IN ('done', 'failed', 'support') THEN pg_catalog.now() END,"
+			"       interruptions = 0"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                  pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) WITH ORDINALITY"
 			"       AS o(id, state, refund, delay, status, error, result, n)"
 			" WHERE j.id = o.id AND j.state = $8"
 			" RETURNING o.n, j.stage",
@@ -309,7 +300,8 @@ record_found(Job **jobs, const int16 *stages, int njobs)
 				"UPDATE celloattr.attributions a"
 				"   SET customer_id = coalesce(a.customer_id, f.customer),"
 				"       plan = a.plan || coalesce(f.plan::jsonb, '{}')"
-				"  FROM unnest($1, $2, $3) AS f(id, customer, plan)"
+				"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
+				"       AS f(id, customer, plan)"
 				" WHERE a.id = f.id",
 				cols, lengthof(cols), SPI_OK_UPDATE);
 	}
@@ -348,7 +340,8 @@ record_follow_ups(Job **jobs, const int16 *stages, int njobs)
 			" SELECT f.attribution_id, f.kind, f.stage, f.state, f.payload::jsonb,"
 			"        'ca-' || i.install_id || '-' || f.attribution_id || '-' || f.kind"
 			"        || coalesce('-' || f.suffix, '')"
-			"   FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY"
+			"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                   pg_catalog.unnest($5), pg_catalog.unnest($6)) WITH ORDINALITY"
 			"        AS f(attribution_id, kind, stage, state, payload, suffix, n)"
 			"  CROSS JOIN celloattr.installation i"
 			"  ORDER BY f.n"
@@ -399,7 +392,10 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 			" SELECT s.attribution_id, s.job_id, s.transaction_id, s.trigger, s.event_timestamp,"
 			"        s.price::numeric, s.currency, s.subscription_id, s.invoice_id, s.interval,"
 			"        s.seats, s.product_key, s.reason"
-			"   FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+			"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                  pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+			"                  pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12),"
+			"                  pg_catalog.unnest($13))"
 			"        AS s(attribution_id, job_id, transaction_id, trigger, event_timestamp, price,"
 			"             currency, subscription_id, invoice_id, interval, seats, product_key,"
 			"             reason)"
@@ -408,37 +404,29 @@ record_support(Job **jobs, const int16 *stages, int njobs)
 }
 
 /*
- * Move the attributions of the recorded steps on: a stage whose lower
- * stages are all through becomes due; an attribution with nothing left to
- * do (or a failed step and nothing running) gets its final state.
+ * Move attributions on (ids: their ids, locked by the caller): a stage
+ * whose lower stages are all through becomes due; an attribution with
+ * nothing left to do (or a failed step and nothing running) gets its final
+ * state.
  */
-static void
-move_attributions_on(Job **jobs, const int16 *stages, int njobs)
+void
+record_settle(ArrayColumn *ids)
 {
-	ArrayColumn ids;
-
-	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
-	for (int i = 0; i < njobs; i++)
-		if (stages[i] >= 0 && !column_holds_int8(&ids, jobs[i]->attribution_id))
-			celloattr_column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
-	if (ids.n == 0)
-		return;
-
 	celloattr_execute_columns(&promote_plan,
-			"UPDATE celloattr.jobs w SET state = 'queued', next_attempt_at = now()"
+			"UPDATE celloattr.jobs w SET state = 'queued', next_attempt_at = pg_catalog.now()"
 			" WHERE w.attribution_id = ANY ($1) AND w.state = 'waiting'"
 			"   AND NOT EXISTS (SELECT 1 FROM celloattr.jobs p"
 			"                    WHERE p.attribution_id = w.attribution_id AND p.stage < w.stage"
 			"                      AND p.state NOT IN ('done', 'support', 'planned'))",
-			&ids, 1, SPI_OK_UPDATE);
+			ids, 1, SPI_OK_UPDATE);
 
 	celloattr_execute_columns(&settle_plan,
 			"WITH s AS ("
 			"  SELECT attribution_id AS id,"
-			"         count(*) FILTER (WHERE state IN ('queued', 'running')) AS active,"
-			"         count(*) FILTER (WHERE state = 'waiting') AS waiting,"
-			"         count(*) FILTER (WHERE state = 'failed') AS failed,"
-			"         (array_agg(last_error ORDER BY finished_at DESC)"
+			"         pg_catalog.count(*) FILTER (WHERE state IN ('queued', 'running')) AS active,"
+			"         pg_catalog.count(*) FILTER (WHERE state = 'waiting') AS waiting,"
+			"         pg_catalog.count(*) FILTER (WHERE state = 'failed') AS failed,"
+			"         (pg_catalog.array_agg(last_error ORDER BY finished_at DESC)"
 			"            FILTER (WHERE state = 'failed'))[1] AS error"
 			"    FROM celloattr.jobs WHERE attribution_id = ANY ($1)"
 			"   GROUP BY attribution_id)"
@@ -448,22 +436,35 @@ move_attributions_on(Job **jobs, const int16 *stages, int njobs)
 			"                    WHEN EXISTS (SELECT 1 FROM celloattr.support_items i"
 			"                                  WHERE i.attribution_id = a.id) THEN 'needs_support'"
 			"                    ELSE 'done' END,"
-			"       finished_at = now(), last_error = s.error"
+			"       finished_at = pg_catalog.now(), last_error = s.error"
 			"  FROM s"
 			" WHERE a.id = s.id AND a.state IN ('queued', 'running')"
 			"   AND s.active = 0 AND (s.waiting = 0 OR s.failed > 0)",
-			&ids, 1, SPI_OK_UPDATE);
+			ids, 1, SPI_OK_UPDATE);
 }
 
-/* A setting for the rest of the transaction. */
+/* The attributions of the recorded steps move on. */
+static void
+move_attributions_on(Job **jobs, const int16 *stages, int njobs)
+{
+	ArrayColumn ids;
+
+	celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, njobs);
+	for (int i = 0; i < njobs; i++)
+		if (stages[i] >= 0 && !column_holds_int8(&ids, jobs[i]->attribution_id))
+			celloattr_column_add(&ids, Int64GetDatum(jobs[i]->attribution_id), false);
+	if (ids.n > 0)
+		record_settle(&ids);
+}
+
 /*
- * The worker commits asynchronously (see worker.c); a batch holding the
- * outcome of a step that is not replay-safe commits synchronously, so an
- * acknowledged event without an idempotency key is never sent again
- * because its outcome was lost.
+ * Write the outcomes of the jobs (with their requests in the log, unless
+ * with_log is false) in the current transaction, whose caller holds the
+ * rows of the steps and their attributions (outcomes.c).  False if a job
+ * is not replay-safe: then the transaction must commit synchronously.
  */
 bool
-record_outcomes(List *jobs)
+record_batch(List *jobs, bool with_log)
 {
 	int			njobs = list_length(jobs);
 	Job		  **job_at;
@@ -474,12 +475,6 @@ record_outcomes(List *jobs)
 
 	if (njobs == 0)
 		return true;
-	if (!queue_begin("recording outcomes"))
-		return false;
-
-	/* each statement below reaches a batch's rows by key */
-	queue_plan_lookups_by_key();
-
 	job_at = palloc(njobs * sizeof(Job *));
 	outcomes = palloc(njobs * sizeof(Outcome));
 	stages = palloc(njobs * sizeof(int16));
@@ -494,17 +489,12 @@ record_outcomes(List *jobs)
 		outcomes[i] = outcome_of(job);
 	}
 
-	log_requests(jobs);
-	lock_attributions(job_at, njobs);
+	if (with_log)
+		log_requests(jobs);
 	finish_steps(job_at, outcomes, njobs, stages);
 	record_found(job_at, stages, njobs);
 	record_follow_ups(job_at, stages, njobs);
 	record_support(job_at, stages, njobs);
 	move_attributions_on(job_at, stages, njobs);
-
-	if (!replay_safe)
-		(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-	queue_commit();
-	return true;
+	return replay_safe;
 }

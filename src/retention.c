@@ -26,7 +26,10 @@
  * it can have them at once, as the worker's other transactions do
  * (queue.c); rows someone holds locked are skipped, not waited for.  Each
  * reads the head of an index on the finish time (celloattr--1.0.sql), so
- * a batch costs the same however many old rows have accumulated.
+ * a batch costs the same however many old rows have accumulated.  An
+ * ERROR in a batch is logged and rolled back (queue_recover()); the next
+ * round tries again.  Functions are named with pg_catalog, operators
+ * resolve through the worker's pinned search_path (session.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -60,7 +63,7 @@ static PruneTarget targets[] = {
 		"HTTP log rows", "http_log", false,
 		"DELETE FROM celloattr.http_log WHERE id = ANY (ARRAY("
 		"  SELECT id FROM celloattr.http_log"
-		"   WHERE started_at < now() - make_interval(mins => $1)"
+		"   WHERE started_at < pg_catalog.now() - pg_catalog.make_interval(mins => $1)"
 		"   ORDER BY started_at LIMIT $2"
 		"     FOR UPDATE SKIP LOCKED))",
 		NULL
@@ -70,7 +73,7 @@ static PruneTarget targets[] = {
 		"DELETE FROM celloattr.jobs WHERE id = ANY (ARRAY("
 		"  SELECT id FROM celloattr.jobs"
 		"   WHERE state IN ('done', 'support')"
-		"     AND finished_at < now() - make_interval(mins => $1)"
+		"     AND finished_at < pg_catalog.now() - pg_catalog.make_interval(mins => $1)"
 		"   ORDER BY finished_at LIMIT $2"
 		"     FOR UPDATE SKIP LOCKED))",
 		NULL
@@ -81,8 +84,8 @@ static PruneTarget targets[] = {
 		"  SELECT j.id FROM celloattr.jobs j"
 		"    JOIN celloattr.attributions a ON a.id = j.attribution_id"
 		"   WHERE j.state IN ('cancelled', 'failed', 'planned')"
-		"     AND coalesce(j.finished_at, j.created_at) < now() - make_interval(mins => $1)"
-		"     AND a.finished_at < now() - make_interval(mins => $1)"
+		"     AND coalesce(j.finished_at, j.created_at) < pg_catalog.now() - pg_catalog.make_interval(mins => $1)"
+		"     AND a.finished_at < pg_catalog.now() - pg_catalog.make_interval(mins => $1)"
 		"     AND (a.superseded_by IS NOT NULL OR a.state IN ('cancelled', 'planned'))"
 		"   ORDER BY coalesce(j.finished_at, j.created_at) LIMIT $2"
 		"     FOR UPDATE OF j SKIP LOCKED))",
@@ -99,15 +102,10 @@ lock_now(Oid nsp, const char *relname, LOCKMODE mode)
 	return OidIsValid(rel) && ConditionalLockRelationOid(rel, mode);
 }
 
-/*
- * Delete one batch of the target's old rows in a transaction of its own;
- * returns how many, or -1 if its tables could not be had at once (or the
- * extension is gone).
- */
+/* prune_batch() without the error handling. */
 static int
-prune_batch(PruneTarget *t)
+delete_batch(PruneTarget *t, MemoryContext cxt)
 {
-	MemoryContext cxt = CurrentMemoryContext;
 	Oid			nsp;
 	int			deleted = -1;
 
@@ -143,6 +141,30 @@ prune_batch(PruneTarget *t)
 						deleted, t->what, celloattr_retention)));
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return deleted;
+}
+
+/*
+ * Delete one batch of the target's old rows in a transaction of its own;
+ * returns how many, or -1 if its tables could not be had at once (or the
+ * extension is gone, or an error was logged).
+ */
+static int
+prune_batch(PruneTarget *t)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int deleted = -1;
+
+	PG_TRY();
+	{
+		deleted = delete_batch(t, cxt);
+	}
+	PG_CATCH();
+	{
+		FreeErrorData(queue_recover(cxt));
+		deleted = -1;
+	}
+	PG_END_TRY();
 	return deleted;
 }
 

@@ -26,6 +26,13 @@
  * (with a rest as long as each round) while full batches come back, then
  * again after poll_interval.
  *
+ * The worker is a guest in the database: it never exits on an ERROR (each
+ * of its transactions, and each step's code, catches its own, and the
+ * main loop catches the rest), never waits for a lock an application
+ * holds (queue.c, outcomes.c), runs with settings no database owner can
+ * change (session.c), and on SIGTERM lets its transfers in flight finish
+ * for a few seconds and records them before it leaves.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -52,8 +59,15 @@
 /* ...unless transfers in flight will free one: then it waits in memory. */
 #define SHORTAGE_RETRY_MS 20
 
-/* Ms before outcomes are written again when the queue's tables were busy. */
-#define RECORD_RETRY_MS 10
+/* Ms before outcomes are written again when the queue's tables or rows
+ * were held by someone. */
+#define RECORD_RETRY_MS 100
+
+/* Ms between tries to requeue orphans that someone held locked. */
+#define ORPHAN_RETRY_MS 1000
+
+/* The longest a stopping worker waits for its transfers in flight. */
+#define STOP_GRACE_MS 5000
 
 typedef struct Pace
 {
@@ -218,6 +232,34 @@ advance(Job *job)
 		dlist_push_tail(&waiting_for_pace, &job->node);
 }
 
+/*
+ * Run a step's own code: start() (ex NULL) or on_response().  An ERROR in
+ * it (a bug, or memory) fails the step with the error, logged, instead of
+ * ending the worker.
+ */
+static void
+run_step_code(Job *job, HttpExchange *ex)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		if (ex)
+			job->ops->on_response(job, ex);
+		else
+			job->ops->start(job);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error = queue_recover(cxt);
+
+		job->pending = NULL;
+		job_fail(job, "step %s raised an error: %s", job->kind, error->message);
+		FreeErrorData(error);
+	}
+	PG_END_TRY();
+}
+
 static void
 start_job(Job *job, TimestampTz lease_ends)
 {
@@ -228,8 +270,9 @@ start_job(Job *job, TimestampTz lease_ends)
 	dlist_push_tail(&running_jobs, &job->running_node);
 	if (job->ops == NULL)
 		job_fail(job, "unknown step kind \"%s\"", job->kind);
-	else
-		job->ops->start(job);
+	else if (job->verdict == JOB_RUNNING)
+		run_step_code(job, NULL);
+	/* else settled by the claim (out of attempts): nothing is sent */
 	advance(job);
 	MemoryContextSwitchTo(old);
 }
@@ -250,7 +293,7 @@ exchange_done(HttpExchange *ex)
 	}
 	else
 	{
-		job->ops->on_response(job, ex);
+		run_step_code(job, ex);
 		if (job->verdict == JOB_SNOOZE)
 		{
 			Pace	   *pace = pace_of(ex->provider);
@@ -349,29 +392,63 @@ release_paced(void)
 	return next;
 }
 
-/* Record finished steps; true if something new may be due. */
+/*
+ * Record finished steps; true if something new may be due.  Outcomes that
+ * could not be recorded yet (the tables or their rows held by someone)
+ * stay in the list for the next try: they are never dropped, so a step
+ * that was sent is never sent again for want of its outcome.
+ */
 static bool
 record_finished(void)
 {
+	List	   *left;
 	ListCell   *lc;
+	MemoryContext old;
 
 	if (finished == NIL)
 		return false;
-	if (!record_outcomes(finished))
+	left = record_outcomes(finished);
+	if (left == finished)
 	{
-		/* busy tables: try again next time round, unless they are gone */
+		/* nothing written: busy tables, unless they are gone */
 		if (queue_extension_ready())
 			return false;
+		left = NIL;
 	}
-	/* recorded, or the extension and its queue are gone */
 	foreach(lc, finished)
-		MemoryContextDelete(((Job *) lfirst(lc))->cxt);
+		if (!list_member_ptr(left, lfirst(lc)))
+			MemoryContextDelete(((Job *) lfirst(lc))->cxt);
 	list_free(finished);
-	finished = NIL;
+	old = MemoryContextSwitchTo(jobs_cxt);
+	finished = list_copy(left);
+	MemoryContextSwitchTo(old);
 	if (celloattr_shared)
 		ConditionVariableBroadcast(&celloattr_shared->progress);
 	/* a follow-up, a promotion or a rescheduled retry: look again */
 	return true;
+}
+
+/*
+ * SIGTERM: steps waiting for a pacing token (or a descriptor) were never
+ * sent; they go back to the queue now, without using an attempt, so that
+ * only the transfers really in flight are left to finish.
+ */
+static void
+unsend_waiting(void)
+{
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &waiting_for_pace)
+	{
+		Job		   *job = dlist_container(Job, node, iter.cur);
+
+		dlist_delete(iter.cur);
+		job->pending = NULL;
+		job->verdict = JOB_SNOOZE;
+		job->snooze_seconds = 0;
+		job->error = MemoryContextStrdup(job->cxt, "not sent: the worker was stopping");
+		finish(job);
+	}
 }
 
 static void
@@ -386,21 +463,187 @@ clear_worker_latch(int code, Datum arg)
 	SpinLockRelease(&celloattr_shared->mutex);
 }
 
+/* What one round of the loop decides for the next; static, as it must
+ * survive an error caught by the worker's main loop. */
+static struct
+{
+	bool		claim_now;
+	bool		orphans_requeued;
+	bool		prune_more;
+	TimestampTz next_claim_at;
+	TimestampTz next_prune_at;
+	TimestampTz next_record_at;
+	TimestampTz next_orphans_at;
+	TimestampTz stop_at;		/* SIGTERM: the end of the grace period */
+} loop = {true, false, false, 0, 0, 0, 0, 0};
+
+/*
+ * One round of the worker's loop; false when the worker must leave.
+ *
+ * On SIGTERM the worker claims nothing more and gives the transfers in
+ * flight a grace period of min(request_timeout, STOP_GRACE_MS) to finish,
+ * records their outcomes, then leaves.  A Cello event or a Chargebee
+ * redelivery (no idempotency key) answered meanwhile is recorded, not sent
+ * again by the next worker.  Postmaster's smart and fast shutdowns both
+ * send SIGTERM and wait for the worker.
+ */
+static bool
+worker_round(MemoryContext loop_cxt)
+{
+	long		timeout_ms = celloattr_poll_interval;
+	long		pace_ms;
+	long		lease_ms;
+	bool		may_prune;
+	TimestampTz now;
+
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		worker_pin_settings();
+		celloattr_secrets_load();
+	}
+	if (celloattr_shared->drop_requests > 0)
+		return false;			/* DROP DATABASE is waiting for us to leave */
+	MemoryContextReset(loop_cxt);
+	MemoryContextSwitchTo(loop_cxt);
+	now = GetCurrentTimestamp();
+
+	if (ShutdownRequestPending && loop.stop_at == 0)
+	{
+		loop.stop_at = now + (TimestampTz) Min(celloattr_request_timeout, STOP_GRACE_MS) * 1000;
+		unsend_waiting();
+		ereport(LOG,
+				(errmsg("celloattr worker stopping: waiting up to %d ms for %d request(s) in flight",
+						Min(celloattr_request_timeout, STOP_GRACE_MS), running)));
+	}
+	if (loop.stop_at != 0 && ((running == 0 && finished == NIL) || now >= loop.stop_at))
+		return false;
+
+	/* until the first requeue, nothing is claimed: an orphan must not wait behind new work */
+	if (loop.stop_at == 0 &&
+		(!loop.orphans_requeued || (queue_orphans_left() > 0 && now >= loop.next_orphans_at)) &&
+		queue_extension_ready())
+	{
+		if (queue_requeue_orphans())
+		{
+			loop.orphans_requeued = true;
+			loop.claim_now = true;
+		}
+		/* orphans someone holds: again in a while */
+		loop.next_orphans_at = now + (TimestampTz) ORPHAN_RETRY_MS * 1000;
+	}
+
+	/*
+	 * Claim before recording: the transfer slots of steps that just
+	 * finished go to new steps at once, and their outcomes are written
+	 * while the new requests are out.
+	 */
+	if (now >= loop.next_claim_at)
+		loop.claim_now = true;
+	if (loop.stop_at != 0)
+	{
+		loop.claim_now = false;
+		loop.next_claim_at = loop.stop_at;
+	}
+	else if (loop.claim_now && loop.orphans_requeued && !celloattr_paused &&
+			 celloattr_secrets_ready() && running < celloattr_max_in_flight)
+	{
+		double		next_due;
+		int			room = celloattr_max_in_flight - running;
+		List	   *jobs = queue_claim(room, jobs_cxt, &next_due);
+		ListCell   *lc;
+
+		/* now is before the claim's now(): a lease ends no later than its lease_until */
+		TimestampTz lease_ends = now + (TimestampTz) worker_lease_seconds() * USECS_PER_SEC;
+
+		foreach(lc, jobs)
+			start_job((Job *) lfirst(lc), lease_ends);
+		/* a full claim may have left more behind */
+		loop.claim_now = list_length(jobs) == room;
+		loop.next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+		if (next_due >= 0)
+			loop.next_claim_at = Min(loop.next_claim_at, now + (TimestampTz) (next_due * 1e6));
+		list_free(jobs);
+	}
+	else if (!loop.orphans_requeued || celloattr_paused || !celloattr_secrets_ready())
+	{
+		/* nothing may be claimed: sleep until woken or poll_interval */
+		loop.claim_now = false;
+		loop.next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+	}
+
+	/*
+	 * Old rows wait while due steps do.  While many are left, the worker
+	 * rests after each round as long as the round took, so that deleting
+	 * them takes at most half its time (half a core).
+	 */
+	may_prune = loop.orphans_requeued && !loop.claim_now && loop.stop_at == 0;
+	if (may_prune && now >= loop.next_prune_at)
+	{
+		TimestampTz started = GetCurrentTimestamp();
+		TimestampTz ended;
+
+		loop.prune_more = retention_prune();
+		ended = GetCurrentTimestamp();
+		loop.next_prune_at = loop.prune_more ? ended + (ended - started) :
+			now + (TimestampTz) celloattr_poll_interval * 1000;
+	}
+
+	lease_ms = enforce_leases();
+	pace_ms = release_paced();
+	http_engine_send_added(engine);
+
+	if (finished != NIL && now >= loop.next_record_at)
+	{
+		if (record_finished())
+			loop.claim_now = true;
+		/* not all written (a TRUNCATE, or an application holding rows): soon, not in a spin */
+		if (finished != NIL)
+			loop.next_record_at = GetCurrentTimestamp() + (TimestampTz) RECORD_RETRY_MS * 1000;
+	}
+
+	if (loop.claim_now && running < celloattr_max_in_flight)
+		timeout_ms = 0;
+	else
+	{
+		TimestampTz wake_at = loop.next_claim_at;
+		long		until_wake;
+
+		if (loop.prune_more && may_prune)
+			wake_at = Min(wake_at, loop.next_prune_at);
+		if (finished != NIL)
+			wake_at = Min(wake_at, loop.next_record_at);
+		if (queue_orphans_left() > 0)
+			wake_at = Min(wake_at, loop.next_orphans_at);
+		until_wake = (long) ((wake_at - GetCurrentTimestamp()) / 1000);
+		timeout_ms = Max(0, Min(timeout_ms, until_wake));
+		if (pace_ms >= 0)
+			timeout_ms = Min(timeout_ms, pace_ms);
+		if (lease_ms >= 0)
+			timeout_ms = Min(timeout_ms, lease_ms);
+	}
+
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (http_engine_wait(engine, timeout_ms))
+		loop.claim_now = true;
+	return true;
+}
+
 void
 celloattr_worker_main(Datum main_arg)
 {
+	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
-	bool		claim_now = true;
-	bool		orphans_requeued = false;
-	bool		prune_more = false;
-	TimestampTz next_claim_at = 0;
-	TimestampTz next_prune_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg),
 											  InvalidOid, 0);
+	/* before any statement: no setting of the database or a role counts */
+	worker_pin_settings();
 	pgstat_report_appname("celloattr worker");
 	celloattr_am_worker = true;
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -420,122 +663,33 @@ celloattr_worker_main(Datum main_arg)
 	/*
 	 * Losing the last outcomes in a crash only makes their steps run again
 	 * with the same idempotency keys: no need to wait for each flush.
-	 * Steps that are not replay-safe commit synchronously (record.c).
+	 * Steps that are not replay-safe commit synchronously (outcomes.c).
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	celloattr_secrets_load();
 	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
 
-	while (!ShutdownRequestPending)
+	/*
+	 * The last line of defence, as in autovacuum: an ERROR that no
+	 * transaction of the worker caught (queue.c, outcomes.c, retention.c
+	 * and the steps' code catch their own) is logged and cleaned up, and
+	 * the loop goes on after a second's rest, instead of the worker
+	 * exiting and a new one sending the steps it had in flight again.
+	 */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
 	{
-		long		timeout_ms = celloattr_poll_interval;
-		long		pace_ms;
-		long		lease_ms;
-		bool		may_prune;
-		TimestampTz now;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			celloattr_secrets_load();
-		}
-		if (celloattr_shared->drop_requests > 0)
-			break;				/* DROP DATABASE is waiting for us to leave */
-		MemoryContextReset(loop_cxt);
-		MemoryContextSwitchTo(loop_cxt);
-
-		/* until done, nothing is claimed: an orphan must not wait behind new work */
-		if (!orphans_requeued && queue_extension_ready() && queue_requeue_orphans())
-		{
-			orphans_requeued = true;
-			claim_now = true;
-		}
-
-		/*
-		 * Claim before recording: the transfer slots of steps that just
-		 * finished go to new steps at once, and their outcomes are written
-		 * while the new requests are out.
-		 */
-		now = GetCurrentTimestamp();
-		if (now >= next_claim_at)
-			claim_now = true;
-		if (claim_now && orphans_requeued && !celloattr_paused &&
-			celloattr_secrets_ready() && running < celloattr_max_in_flight)
-		{
-			double		next_due;
-			int			room = celloattr_max_in_flight - running;
-			List	   *jobs = queue_claim(room, jobs_cxt, &next_due);
-			ListCell   *lc;
-
-			/* now is before the claim's now(): a lease ends no later than its lease_until */
-			TimestampTz lease_ends = now + (TimestampTz) worker_lease_seconds() * USECS_PER_SEC;
-
-			foreach(lc, jobs)
-				start_job((Job *) lfirst(lc), lease_ends);
-			/* a full claim may have left more behind */
-			claim_now = list_length(jobs) == room;
-			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
-			if (next_due >= 0)
-				next_claim_at = Min(next_claim_at, now + (TimestampTz) (next_due * 1e6));
-			list_free(jobs);
-		}
-		else if (!orphans_requeued || celloattr_paused || !celloattr_secrets_ready())
-		{
-			/* nothing may be claimed: sleep until woken or poll_interval */
-			claim_now = false;
-			next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
-		}
-
-		/*
-		 * Old rows wait while due steps do.  While many are left, the worker
-		 * rests after each round as long as the round took, so that deleting
-		 * them takes at most half its time (half a core).
-		 */
-		may_prune = orphans_requeued && !claim_now;
-		if (may_prune && now >= next_prune_at)
-		{
-			TimestampTz started = GetCurrentTimestamp();
-			TimestampTz ended;
-
-			prune_more = retention_prune();
-			ended = GetCurrentTimestamp();
-			next_prune_at = prune_more ? ended + (ended - started) :
-				now + (TimestampTz) celloattr_poll_interval * 1000;
-		}
-
-		lease_ms = enforce_leases();
-		pace_ms = release_paced();
-		http_engine_send_added(engine);
-
-		if (finished != NIL && record_finished())
-			claim_now = true;
-
-		if (claim_now && running < celloattr_max_in_flight)
-			timeout_ms = 0;
-		else
-		{
-			TimestampTz wake_at = next_claim_at;
-			long		until_wake;
-
-			if (prune_more && may_prune)
-				wake_at = Min(wake_at, next_prune_at);
-			until_wake = (long) ((wake_at - GetCurrentTimestamp()) / 1000);
-			timeout_ms = Max(0, Min(timeout_ms, until_wake));
-			if (pace_ms >= 0)
-				timeout_ms = Min(timeout_ms, pace_ms);
-			if (lease_ms >= 0)
-				timeout_ms = Min(timeout_ms, lease_ms);
-		}
-		/* not written (a TRUNCATE or DROP holds the tables): soon, not in a spin */
-		if (finished != NIL)
-			timeout_ms = Min(timeout_ms, RECORD_RETRY_MS);
-
-		pgstat_report_activity(STATE_IDLE, NULL);
-		if (http_engine_wait(engine, timeout_ms))
-			claim_now = true;
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(TopMemoryContext);
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		pg_usleep(1000000L);
 	}
+	PG_exception_stack = &local_sigjmp_buf;
+
+	while (worker_round(loop_cxt))
+		;
 
 	/* leave nothing half-recorded: finished steps are written, the rest
 	 * stay 'running' and are claimed again (same keys) by the next worker */

@@ -25,16 +25,36 @@ extern void celloattr_drop_database_end(void);
 PGDLLEXPORT void celloattr_launcher_main(Datum main_arg) pg_attribute_noreturn();
 PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();
 
+/* session.c: the worker's settings, pinned at connection and after each
+ * reload.  WORKER_LOCK_TIMEOUT bounds any lock wait the worker's SKIP
+ * LOCKED and conditional locks do not already avoid. */
+#define WORKER_LOCK_TIMEOUT "1s"
+extern void worker_pin_settings(void);
+
 /*
  * queue.c: the worker's short transactions on the queue tables.  A
  * transaction opened by queue_begin() (false: the tables could not be
  * locked at once, nothing is open) runs SPI statements and ends with
- * queue_commit().
+ * queue_commit().  Each caller catches an ERROR (PG_TRY) and hands it to
+ * queue_recover(), which logs it, rolls the transaction back, cleans up
+ * and returns to the caller's memory context with a copy of the error.
  */
 extern bool queue_begin(const char *activity);
+extern void queue_commit_synchronously(void);
 extern void queue_commit(void);
+extern ErrorData *queue_recover(MemoryContext cxt);
+extern bool queue_is_lock_conflict(const ErrorData *error);
 extern bool queue_extension_ready(void);
+
+/*
+ * A step left 'running' by a worker that stopped is claimed again, unless
+ * workers stopped this many times in a row while it ran: then it is set
+ * aside ('failed', with a last_error that says so) for an operator to
+ * look at and retry().
+ */
+#define STOPS_BEFORE_SET_ASIDE 3
 extern bool queue_requeue_orphans(void);
+extern int	queue_orphans_left(void);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 
 /* For the rest of the transaction, plan index lookups only. */

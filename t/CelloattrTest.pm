@@ -41,7 +41,9 @@ our @EXPORT = qw(
   celloattr_node fake fake_reset fake_seed fake_fault fake_requests
   fake_state fake_deliveries worker_pid wait_for_new_worker
   wait_all_final stripe_seed queue_stripe check_stripe_effects
-  worker_crashes psql_within attribute_one test_secrets write_node_secrets);
+  worker_crashes psql_within attribute_one test_secrets write_node_secrets
+  guest_seed cello_events chargebee_redeliveries check_at_most_once
+  check_guest unfinished_steps worker_terminations);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
 binmode(Test::More->builder->$_, ':encoding(UTF-8)')
@@ -358,6 +360,119 @@ sub attribute_one
 		SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-$prefix$i',
 		                                 'stripe', customer_id => 'cus_$prefix$i')});
 	return $node->safe_psql($DB, "SELECT celloattr.wait($id, '60 s')");
+}
+
+=pod
+
+=item guest_seed()
+
+What the fault-injection tests (t/012 onwards) share at the fake: Cello's
+API keys and referral codes, Cello's Chargebee webhook credentials and
+Chargebee's API key.  Add customers and events to it.
+
+=cut
+
+sub guest_seed
+{
+	return {
+		cello => {
+			access_key_id => 'AKID-celloattr-test',
+			secret_access_key => 'cello-secret-access-key-1234',
+			referral_codes => {
+				pNRB1aYqArN => { valid => JSON::PP::true, productUserId => 'referrer-1', campaignId => 'c1' }
+			}
+		},
+		chargebee => { api_keys => ['test_cbkey_celloattr_secret_9876'], customers => [], events => [] },
+		chargebee_webhook => { username => 'cello-product-id', password => 'cello-webhook-secret-4242' },
+		stripe => { webhook_endpoints => [ { id => 'we_cello_test' } ], customers => [],
+			invoices => [], events => [] },
+	};
+}
+
+# Events Cello's API took (POST /events answered 2xx, or processed and
+# then cut by a fault), by "trigger newUserId invoiceId".
+sub cello_events
+{
+	my %n;
+	for my $r (@{ fake_requests('cello') })
+	{
+		next unless $r->{method} eq 'POST' && $r->{path} =~ m{^/events};
+		my $status = $r->{applied_status} // $r->{status} // 0;
+		next if $status < 200 || $status > 299;
+		my $e = $r->{json} // {};
+		my $key = join ' ', $e->{context}{event}{trigger} // '',
+		  $e->{payload}{newUserId} // '', $e->{context}{subscription}{invoiceId} // '';
+		$n{$key}++;
+	}
+	return \%n;
+}
+
+# Chargebee events re-delivered to Cello's webhook, by event id.
+sub chargebee_redeliveries
+{
+	my %n;
+	$n{ $_->{event_id} }++ for grep { $_->{provider} eq 'chargebee' } @{ fake_deliveries() };
+	return \%n;
+}
+
+=pod
+
+=item check_at_most_once($label)
+
+No Cello event and no Chargebee redelivery (they carry no idempotency key)
+reached the fake twice.
+
+=cut
+
+sub check_at_most_once
+{
+	my ($label) = @_;
+	my $events = cello_events();
+	my $deliveries = chargebee_redeliveries();
+	my @twice = grep { $events->{$_} > 1 } sort keys %$events;
+	is("@twice", '', "$label: no Cello event taken twice (" . scalar(keys %$events) . ' taken)');
+	@twice = grep { $deliveries->{$_} > 1 } sort keys %$deliveries;
+	is("@twice", '', "$label: no Chargebee event re-delivered twice ("
+		  . scalar(keys %$deliveries) . ' re-delivered)');
+}
+
+# Steps that are not in a final state, as "id kind state" lines.
+sub unfinished_steps
+{
+	my ($node) = @_;
+	return $node->safe_psql($DB, q{
+		SELECT string_agg(id || ' ' || kind || ' ' || state, ', ' ORDER BY id)
+		  FROM celloattr.jobs WHERE state IN ('waiting', 'queued', 'running')});
+}
+
+# Lines of the server log where a celloattr worker ended with an error or
+# a signal (an exit the launcher would answer with a new worker).
+sub worker_terminations
+{
+	my ($node) = @_;
+	my $log = slurp_file($node->logfile);
+	return scalar(() = $log =~ /celloattr worker.*(?:terminated by signal|exited with exit code [^0])/g);
+}
+
+=pod
+
+=item check_guest($node, $pid, $label)
+
+The worker behaved as a guest: the same process all along (no restart, no
+exit in the log), every step in a final state, no step attempted more than
+max_attempts times.
+
+=cut
+
+sub check_guest
+{
+	my ($node, $pid, $label) = @_;
+	is(worker_pid($node), $pid, "$label: the same worker all along");
+	is(worker_terminations($node), 0, "$label: no worker exited or was terminated");
+	is(unfinished_steps($node), '', "$label: every step in a final state");
+	my $max = $node->safe_psql($DB, q{SELECT current_setting('celloattr.max_attempts')});
+	cmp_ok($node->safe_psql($DB, 'SELECT coalesce(max(attempts), 0) FROM celloattr.jobs'),
+		'<=', $max, "$label: no step attempted more than max_attempts ($max) times");
 }
 
 # Lines of the server log where a celloattr worker died of a signal.

@@ -450,6 +450,11 @@ def t_faults():
     ctl("POST", "fault", {"provider": "any", "action": "status", "status": 400, "body": {"custom": 1}, "headers": {"X-Test": "y"}})
     r = cb("GET", "/customers/cb_1")
     check("status fault custom body/headers, any provider", r.status == 400 and r.json == {"custom": 1} and r.h("x-test") == "y", r)
+    ctl("POST", "fault", {"provider": "stripe", "action": "status", "status": 200,
+                          "body_hex": "7b226e616d65223a2261ff62227d"})
+    r = stripe("GET", "/v1/customers/cus_A")
+    check("status fault with raw body_hex bytes (invalid UTF-8)",
+          r.status == 200 and r.raw == b'{"name":"a\xffb"}', r)
     ctl("POST", "fault", {"provider": "chargebee", "action": "status", "status": 503})
     r = cb("GET", "/customers/cb_1")
     check("chargebee default 503 body", r.status == 503 and r.json["api_error_code"] == "internal_temporary_error", r)

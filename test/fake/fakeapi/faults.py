@@ -51,11 +51,16 @@ class Fault:
         self.remaining = None if count is None or int(count) <= 0 else int(count)
         self.status = int(spec.get("status", 500))
         self.body = spec.get("body")
-        # raw bytes, which JSON cannot carry: invalid UTF-8, NUL
+        # raw bytes, which JSON cannot carry (invalid UTF-8, NUL): as base64 or as hex
         try:
-            self.raw = base64.b64decode(spec["body_base64"], validate=True) if "body_base64" in spec else None
-        except (binascii.Error, TypeError) as exc:
-            raise FaultError("bad body_base64: %s" % exc)
+            if "body_base64" in spec:
+                self.raw = base64.b64decode(spec["body_base64"], validate=True)
+            elif "body_hex" in spec:
+                self.raw = bytes.fromhex(spec["body_hex"])
+            else:
+                self.raw = None
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise FaultError("bad body_base64 or body_hex: %s" % exc)
         self.headers = spec.get("headers") or {}
         self.seconds = float(spec.get("seconds", 5))
         self.retry_after = spec.get("retry_after")

@@ -1,4 +1,4 @@
-# t/019_restore.pl: a database dumped with queued and half-done work and
+# t/020_restore.pl: a database dumped with queued and half-done work and
 # restored resumes it there, once, under the same idempotency keys.
 #
 # pg_dump keeps the data of celloattr's tables; on restore, CREATE EXTENSION
