@@ -315,7 +315,10 @@ issue(Job *job, CelloPhase phase)
 	if (phase == CHECK_UCC)
 		ex = cello_request(job, "GET", psprintf("/referral-codes/%s", url_escape(job->ucc)), NULL);
 	else
+	{
 		ex = cello_request(job, "POST", "/events", st->event);
+		ex->unrepeatable = true;	/* v1 events have no idempotency key */
+	}
 	http_add_header(ex, "Authorization: Bearer %s", tokens.access);
 	st->used_token = pstrdup(tokens.access);
 	st->phase = phase;

@@ -560,6 +560,7 @@ redeliver_start(Job *job)
 		http_add_header(ex, "Content-Type: application/json");
 		ex->body = json_text(event);
 		ex->body_len = strlen(ex->body);
+		ex->unrepeatable = true;	/* no key: Cello's webhook would take it again */
 		job_send(job, ex);
 	}
 	json_object_put(payload);

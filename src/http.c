@@ -473,7 +473,15 @@ finish_transfer(HttpEngine *engine, CURL *h, CURLcode result,
 			ex->resource_error = true;
 	}
 	if (ex->error)
+	{
+		long		request_bytes = 0;
+
+		/* bytes of the request written to the connection: none, and the
+		 * provider cannot have seen it (no connection, refused, no name) */
+		curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &request_bytes);
+		ex->may_have_arrived = request_bytes > 0;
 		ex->status = 0;
+	}
 	MemoryContextSwitchTo(old);
 
 	curl_multi_remove_handle(engine->multi, h);

@@ -34,6 +34,7 @@ typedef struct HttpExchange
 	int			nheaders;
 	char	   *body;			/* NULL for none */
 	size_t		body_len;
+	bool		unrepeatable;	/* a POST no key makes safe to send twice */
 
 	/* response, filled by the engine */
 	TimestampTz started_at;
@@ -42,6 +43,8 @@ typedef struct HttpExchange
 	char	   *response;		/* NUL-terminated, palloc'd */
 	size_t		response_len;
 	char	   *error;			/* transport error, or NULL */
+	bool		may_have_arrived;	/* the error came after the request went
+									 * out: the provider may have acted on it */
 	bool		resource_error; /* failed for lack of local resources */
 	char	   *retry_after;	/* Retry-After header, or NULL */
 	char	   *should_retry;	/* Stripe-Should-Retry header, or NULL */

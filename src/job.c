@@ -53,6 +53,14 @@ job_step_ops(const char *kind)
 	return NULL;
 }
 
+void
+job_unrepeatable_kinds(ArrayColumn *kinds)
+{
+	for (int i = 0; steps[i]; i++)
+		if (!steps[i]->replay_safe)
+			celloattr_column_text(kinds, steps[i]->kind);
+}
+
 HttpExchange *
 job_request(Job *job, const char *method, const char *url)
 {
@@ -208,6 +216,19 @@ retry_after_seconds(const char *value, double fallback)
 }
 
 bool
+job_unsure_if_sent(Job *job, HttpExchange *ex)
+{
+	if (!ex->unrepeatable || !ex->may_have_arrived || ex->resource_error)
+		return false;
+	job_fail(job, "set aside: %s %s failed after the request went out (%s), so %s may have "
+			 "taken it, and it carries no idempotency key: sending it again could count "
+			 "the event twice; check %s's records, then celloattr.retry(%lld) sends it again",
+			 ex->method, ex->url, ex->error, ex->provider, ex->provider,
+			 (long long) job->attribution_id);
+	return true;
+}
+
+bool
 job_response_ok(Job *job, HttpExchange *ex, double default_retry_after,
 				char *(*provider_message) (const char *body))
 {
@@ -216,6 +237,8 @@ job_response_ok(Job *job, HttpExchange *ex, double default_retry_after,
 	job->last_status = ex->status;
 	if (ex->error != NULL)
 	{
+		if (job_unsure_if_sent(job, ex))
+			return false;
 		job_retry(job, "%s %s: %s", ex->method, ex->url, ex->error);
 		return false;
 	}

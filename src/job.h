@@ -138,6 +138,10 @@ struct Job
 /* Look up how to run a kind of step; NULL for an unknown kind. */
 extern const StepOps *job_step_ops(const char *kind);
 
+/* The kinds of steps that are not replay-safe, added to a text column. */
+struct ArrayColumn;
+extern void job_unrepeatable_kinds(struct ArrayColumn *kinds);
+
 /* Issue a request: the worker sends it when the provider's pace allows. */
 extern HttpExchange *job_request(Job *job, const char *method, const char *url);
 extern void job_send(Job *job, HttpExchange *exchange);
@@ -162,8 +166,18 @@ extern void job_snooze(Job *job, double seconds, const char *fmt,...) pg_attribu
  * True for a 2xx answer.  Otherwise settles the verdict the way every
  * provider needs it: transport errors, 5xx and 409 are retried, 429 is
  * waited out, other 4xx fail with the provider's message (provider_message
- * picks it out of the error body).
+ * picks it out of the error body).  An unrepeatable request (no idempotency
+ * key) whose transport error came after it went out is not retried: see
+ * job_unsure_if_sent().
  */
+/*
+ * For an exchange that failed: if it was unrepeatable and may have reached
+ * the provider, the step is set aside (failed, saying so, for an operator
+ * to check and retry()) and true is returned.  Sending it again could
+ * count an event twice, which is worse than a repair that waits.
+ */
+extern bool job_unsure_if_sent(Job *job, HttpExchange *exchange);
+
 extern bool job_response_ok(Job *job, HttpExchange *exchange,
 							double default_retry_after,
 							char *(*provider_message) (const char *body));

@@ -238,7 +238,7 @@ queue_requeue_orphans(void)
 	{
 		if (queue_begin("requeueing steps of a previous worker"))
 		{
-			ArrayColumn ids;
+			ArrayColumn params[2];
 			int64	   *found = orphans_left;
 			int			nfound = norphans_left;
 			int64	   *left;
@@ -253,33 +253,48 @@ queue_requeue_orphans(void)
 				celloattr_execute(orphans_plan, NULL, NULL, SPI_OK_SELECT);
 				found = result_ids(&nfound);
 			}
-			celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, nfound);
+			celloattr_columns_init(params, (Oid[]) {INT8OID, TEXTOID}, 2, nfound);
 			for (int i = 0; i < nfound; i++)
-				celloattr_column_add(&ids, Int64GetDatum(found[i]), false);
+				celloattr_column_add(&params[0], Int64GetDatum(found[i]), false);
+			job_unrepeatable_kinds(&params[1]);
 
-			/* the attributions are locked too: a set-aside step settles its own */
+			/*
+			 * The attributions are locked too: a set-aside step settles its
+			 * own.  A step whose request carries no idempotency key ($2) is
+			 * set aside at once: it may have been sent before the worker
+			 * stopped, and sending it again could count its event twice.
+			 */
 			celloattr_execute_columns(&requeue_plan,
 					"WITH orphan AS MATERIALIZED ("
-					"  SELECT j.id FROM celloattr.jobs j"
+					"  SELECT j.id, j.kind = ANY ($2) AS unrepeatable"
+					"    FROM celloattr.jobs j"
 					"    JOIN celloattr.attributions a ON a.id = j.attribution_id"
 					"   WHERE j.id = ANY ($1) AND j.state = 'running'"
 					"   ORDER BY a.id, j.id"
-					"     FOR NO KEY UPDATE OF j SKIP LOCKED FOR UPDATE OF a SKIP LOCKED)"
+					"     FOR NO KEY UPDATE OF j SKIP LOCKED FOR UPDATE OF a SKIP LOCKED),"
+					"verdict AS ("
+					"  SELECT o.id, o.unrepeatable,"
+					"         o.unrepeatable OR j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE) " AS set_aside"
+					"    FROM orphan o JOIN celloattr.jobs j ON j.id = o.id)"
 					"UPDATE celloattr.jobs j"
 					"   SET interruptions = j.interruptions + 1, lease_until = NULL,"
 					"       next_attempt_at = pg_catalog.now(),"
-					"       state = CASE WHEN j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE)
-					"                    THEN 'failed' ELSE 'queued' END,"
-					"       finished_at = CASE WHEN j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE)
-					"                    THEN pg_catalog.now() END,"
-					"       last_error = CASE WHEN j.interruptions + 1 >= " CppAsString2(STOPS_BEFORE_SET_ASIDE)
-					"                    THEN 'set aside: the worker stopped while this step was running,"
+					"       state = CASE WHEN v.set_aside THEN 'failed' ELSE 'queued' END,"
+					"       finished_at = CASE WHEN v.set_aside THEN pg_catalog.now() END,"
+					"       last_error = CASE"
+					"         WHEN v.unrepeatable"
+					"         THEN 'set aside: the worker stopped while this step was running, and its"
+					" request carries no idempotency key: it may have reached the provider, and sending"
+					" it again could count the event twice; look at celloattr.http_log and the"
+					" provider''s records, then celloattr.retry() runs it again'"
+					"         WHEN v.set_aside"
+					"         THEN 'set aside: the worker stopped while this step was running,"
 					" " CppAsString2(STOPS_BEFORE_SET_ASIDE) " times in a row (the last request may have"
 					" reached the provider); look at celloattr.http_log, then celloattr.retry() runs it"
 					" again' ELSE j.last_error END"
-					"  FROM orphan o WHERE o.id = j.id"
+					"  FROM verdict v WHERE v.id = j.id"
 					" RETURNING j.attribution_id, j.state = 'failed'",
-					&ids, 1, SPI_OK_UPDATE_RETURNING);
+					params, 2, SPI_OK_UPDATE_RETURNING);
 			if (SPI_processed > 0)
 			{
 				ArrayColumn settle;
@@ -316,7 +331,7 @@ queue_requeue_orphans(void)
 			/* what an application held is still running: later */
 			celloattr_execute_columns(&still_running_plan,
 					"SELECT id FROM celloattr.jobs WHERE id = ANY ($1) AND state = 'running'",
-					&ids, 1, SPI_OK_SELECT);
+					&params[0], 1, SPI_OK_SELECT);
 			left = result_ids(&nleft);
 			queue_commit();
 			if (orphans_left)

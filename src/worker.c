@@ -338,7 +338,8 @@ expire_lease(Job *job, TimestampTz now)
 		/* not waiting for pace: its latest request is in flight */
 		ex = llast(job->exchanges);
 		http_engine_cancel(engine, ex, reason);
-		job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
+		if (!job_unsure_if_sent(job, ex))
+			job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
 	}
 	else
 		job_retry(job, "%s", reason);

@@ -4,10 +4,10 @@
 # SIGTERM (pg_terminate_backend) and a fast shutdown of the server arrive
 # while a Cello event or a Chargebee redelivery (no idempotency key) is in
 # flight: the worker waits for the answer, records it and leaves, so the
-# next worker does not send it again.  A worker killed three times in a row
-# while the same Cello event is in flight: the next one sets the step aside
-# (the operator sees it failed, saying why) instead of sending it a fourth
-# time, and retry() brings it back.
+# next worker does not send it again.  A worker killed while a Cello event
+# is in flight: the next one sets the step aside at once (the event may have
+# reached Cello, and has no key), saying why, and retry() brings it back.  A
+# keyed Stripe step the worker keeps dying on is set aside after three.
 
 use strict;
 use warnings;
@@ -81,9 +81,9 @@ is(cello_events()->{'invoice-paid user-g1 inv-g1'}, 1, 'fast shutdown mid-event:
 check_at_most_once('stopping');
 is(worker_terminations($node), 0, 'stopping: no worker exited with an error or a signal');
 
-# 4. a Cello event in flight each time the worker is killed: set aside
-# after 3 (each kill lands after Cello got it: it was sent 3 times, which
-# only an idempotency key could have avoided; a 4th is what must not be)
+# 4. a Cello event in flight when the worker is killed: it may have reached
+# Cello, and it carries no key, so the next worker sets it aside at once
+# instead of sending it again; an operator's retry() sends it.
 fake_fault({ provider => 'cello', method => 'POST', path_regex => '^/events', action => 'stall',
 	seconds => 20, count => 0 });
 my $d1 = $node->safe_psql($db, q{SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-d1', 'cello_api',
@@ -96,30 +96,52 @@ sub d1_posts
 		  && (($_->{json} // {})->{payload}{newUserId} // '') eq 'user-d1'
 	} @{ fake_requests('cello') };
 }
-for my $kill (1 .. 3)
-{
-	my $deadline = time + 30;
-	sleep 0.1 while d1_posts() < $kill && time < $deadline;
-	kill 'KILL', $pid;
-	$pid = wait_for_new_worker($node, $pid);
-}
+my $deadline = time + 30;
+sleep 0.1 while d1_posts() < 1 && time < $deadline;
+kill 'KILL', $pid;
+$pid = wait_for_new_worker($node, $pid);
 $node->poll_query_until($db, "SELECT state = 'failed' FROM celloattr.attributions WHERE id = $d1")
   or die 'the step was not set aside';
 like($node->safe_psql($db, "SELECT state || ' ' || interruptions || ' ' || last_error FROM celloattr.jobs
 	WHERE attribution_id = $d1 AND kind = 'cello_signup'"),
-	qr/^failed 3 set aside: the worker stopped while this step was running, 3 times in a row/,
-	'three deaths: the step set aside, saying why');
+	qr/^failed 1 set aside: the worker stopped while this step was running, and its request carries no idempotency key/,
+	'a death mid-event: the step set aside at once, saying why');
 sleep 2;
-is(d1_posts(), 3, 'three deaths: sent three times, not a fourth');
-is($node->safe_psql($db, "SELECT state FROM celloattr.attributions WHERE id = $d1"), 'failed',
-	'three deaths: the repair failed');
-cmp_ok($node->safe_psql($db, "SELECT attempts FROM celloattr.jobs WHERE attribution_id = $d1"), '<=', 3,
-	'three deaths: within max_attempts');
+is(d1_posts(), 1, 'a death mid-event: sent once, not again');
 fake('POST', '/_control/faults/clear');
 $node->safe_psql($db, "SELECT celloattr.retry($d1)");
-is($node->safe_psql($db, "SELECT celloattr.wait($d1, '30 s')"), 'done', 'three deaths: retry() finishes it');
+is($node->safe_psql($db, "SELECT celloattr.wait($d1, '30 s')"), 'done', 'a death mid-event: retry() finishes it');
 is($node->safe_psql($db, "SELECT interruptions FROM celloattr.jobs WHERE attribution_id = $d1"),
-	0, 'three deaths: the count starts over');
+	0, 'a death mid-event: the count starts over');
+
+# 5. a replay-safe step in flight each time the worker is killed: set aside
+# after 3 (its repeats change nothing at Stripe: the same key)
+fake_seed(stripe_seed('d', 1));
+fake_fault({ provider => 'stripe', method => 'POST', path_regex => '^/v1/customers/cus_d1', action => 'stall',
+	seconds => 20, count => 0 });
+my $s1 = $node->safe_psql($db, q{SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-sd1', 'stripe',
+	customer_id => 'cus_d1')});
+sub s1_posts
+{
+	return scalar grep { $_->{method} eq 'POST' && $_->{path} =~ m{^/v1/customers/cus_d1} }
+	  @{ fake_requests('stripe') };
+}
+for my $kill (1 .. 3)
+{
+	$deadline = time + 30;
+	sleep 0.1 while s1_posts() < $kill && time < $deadline;
+	kill 'KILL', $pid;
+	$pid = wait_for_new_worker($node, $pid);
+}
+$node->poll_query_until($db, "SELECT state = 'failed' FROM celloattr.attributions WHERE id = $s1")
+  or die 'the Stripe step was not set aside';
+like($node->safe_psql($db, "SELECT state || ' ' || interruptions || ' ' || last_error FROM celloattr.jobs
+	WHERE attribution_id = $s1 AND kind = 'stripe_customer'"),
+	qr/^failed 3 set aside: the worker stopped while this step was running, 3 times in a row/,
+	'three deaths on a keyed step: set aside after the third');
+cmp_ok($node->safe_psql($db, "SELECT attempts FROM celloattr.jobs WHERE attribution_id = $s1 AND kind = 'stripe_customer'"),
+	'<=', 3, 'three deaths: within max_attempts');
+fake('POST', '/_control/faults/clear');
 
 $node->stop('immediate');
 done_testing();
