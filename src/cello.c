@@ -20,9 +20,11 @@
  * v1 events carry no idempotency key.  Each event is a step of its own,
  * recorded done (with the event Cello acknowledged, in jobs.result) in the
  * same transaction that ends it, so a step is never sent again once its
- * acknowledgement is recorded.  The remaining window: if the worker dies
- * (or the answer is lost) after Cello accepted the event but before the
- * outcome is committed, the retry sends that one event a second time.
+ * acknowledgement is recorded.  An event whose fate is unknown (the
+ * answer lost after the request went out, or the worker gone while it was
+ * in flight) is set aside for an operator instead of sent again
+ * (job_unsure_if_sent(), queue.c's requeue): a second event could pay a
+ * referrer twice.
  *
  * Events that cannot go through the API (no credentials, older than the
  * window, a field Cello requires is unknown, retries used up) go to the
