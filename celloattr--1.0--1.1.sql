@@ -86,3 +86,54 @@ BEGIN
 	RETURN requeued;
 END;
 $$;
+
+/*
+ * Who told (mark_delivered()) that a step set aside for want of an
+ * idempotency key had reached the provider.
+ */
+ALTER TABLE celloattr.jobs ADD COLUMN delivered_per text;
+
+CREATE FUNCTION celloattr.mark_delivered(attribution_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a celloattr.attributions;
+	confirmed integer;
+BEGIN
+	SELECT * INTO a FROM celloattr.attributions WHERE id = mark_delivered.attribution_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'attribution % does not exist', mark_delivered.attribution_id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+
+	-- only the steps whose request carries no idempotency key were set
+	-- aside unsent-or-not: their kinds (src/job.c's steps that are not
+	-- replay-safe)
+	UPDATE celloattr.jobs j
+	   SET state = 'queued', delivered_per = session_user,
+		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
+	 WHERE j.attribution_id = a.id AND j.state = 'failed'
+	   AND j.kind IN ('cello_signup', 'cello_transaction', 'chargebee_redeliver')
+	   AND j.last_error LIKE 'set aside:%';
+	GET DIAGNOSTICS confirmed = ROW_COUNT;
+	IF confirmed = 0 THEN
+		RAISE EXCEPTION 'attribution % has no step set aside for want of an idempotency key', a.id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'celloattr.retry() runs failed steps again.';
+	END IF;
+
+	IF a.state IN ('failed', 'needs_support', 'done') THEN
+		UPDATE celloattr.attributions
+		   SET state = 'queued', finished_at = NULL, last_error = NULL
+		 WHERE id = a.id;
+	END IF;
+	RETURN confirmed;
+END;
+$$;
+
+COMMENT ON FUNCTION celloattr.mark_delivered(bigint)
+IS 'the provider has the events of the steps set aside for want of an idempotency key: the worker records them as sent, without sending, and carries on';
+REVOKE ALL ON FUNCTION celloattr.mark_delivered(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION celloattr.mark_delivered(bigint) TO celloattr_operator;

@@ -98,7 +98,10 @@ CREATE TABLE celloattr.jobs (
 	finished_at timestamptz,
 	-- times in a row a worker stopped while this step was running; at 3
 	-- the step is set aside ('failed') instead of being sent again
-	interruptions integer NOT NULL DEFAULT 0
+	interruptions integer NOT NULL DEFAULT 0,
+	-- who told (mark_delivered()) that a step set aside had reached the
+	-- provider: the worker records it done without sending it
+	delivered_per text
 );
 
 /* The worker's claim reads only due rows, in order. */
@@ -323,6 +326,49 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION celloattr.mark_delivered(attribution_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a celloattr.attributions;
+	confirmed integer;
+BEGIN
+	SELECT * INTO a FROM celloattr.attributions WHERE id = mark_delivered.attribution_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'attribution % does not exist', mark_delivered.attribution_id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+
+	-- only the steps whose request carries no idempotency key were set
+	-- aside unsent-or-not: their kinds (src/job.c's steps that are not
+	-- replay-safe)
+	UPDATE celloattr.jobs j
+	   SET state = 'queued', delivered_per = session_user,
+		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
+	 WHERE j.attribution_id = a.id AND j.state = 'failed'
+	   AND j.kind IN ('cello_signup', 'cello_transaction', 'chargebee_redeliver')
+	   AND j.last_error LIKE 'set aside:%';
+	GET DIAGNOSTICS confirmed = ROW_COUNT;
+	IF confirmed = 0 THEN
+		RAISE EXCEPTION 'attribution % has no step set aside for want of an idempotency key', a.id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'celloattr.retry() runs failed steps again.';
+	END IF;
+
+	IF a.state IN ('failed', 'needs_support', 'done') THEN
+		UPDATE celloattr.attributions
+		   SET state = 'queued', finished_at = NULL, last_error = NULL
+		 WHERE id = a.id;
+	END IF;
+	RETURN confirmed;
+END;
+$$;
+
+COMMENT ON FUNCTION celloattr.mark_delivered(bigint)
+IS 'the provider has the events of the steps set aside for want of an idempotency key: the worker records them as sent, without sending, and carries on';
+
 COMMENT ON FUNCTION celloattr.cancel(bigint)
 IS 'stop the steps of an attribution that have not finished; a request already in flight still completes';
 
@@ -424,6 +470,7 @@ GRANT SELECT ON celloattr.attributions, celloattr.jobs, celloattr.transactions,
 /* Operators: everything the application may do, plus the HTTP log and the
  * retry and cancel levers. */
 GRANT celloattr_app TO celloattr_operator;
-GRANT EXECUTE ON FUNCTION celloattr.retry(bigint), celloattr.cancel(bigint)
+GRANT EXECUTE ON FUNCTION celloattr.retry(bigint), celloattr.cancel(bigint),
+	celloattr.mark_delivered(bigint)
 	TO celloattr_operator;
 GRANT SELECT ON celloattr.http_log TO celloattr_operator;

@@ -36,6 +36,7 @@
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -407,7 +408,20 @@ job_from_row(HeapTuple tuple, TupleDesc desc, MemoryContext parent, Oid extensio
 	job->force = get_bool(tuple, desc, 18);
 	job->dry_run = get_bool(tuple, desc, 19);
 	job->ops = job_step_ops(job->kind);
-	if (get_bool(tuple, desc, 20))
+	d = SPI_getbinval(tuple, desc, 22, &isnull);
+	if (!isnull)
+	{
+		/* an operator found its request at the provider (mark_delivered()) */
+		StringInfoData result;
+
+		initStringInfo(&result);
+		appendStringInfoString(&result, "{\"delivered_per\": ");
+		escape_json(&result, TextDatumGetCString(d));
+		appendStringInfoChar(&result, '}');
+		job->verdict = JOB_DONE;
+		job->result = result.data;
+	}
+	else if (get_bool(tuple, desc, 20))
 	{
 		/* settled before it starts: recording it gives it up */
 		job->verdict = JOB_RETRY;
@@ -475,7 +489,7 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 			"            j.idempotency_key, j.payload::text, a.ucc, a.new_user_id,"
 			"            a.gateway, a.customer_id, a.email, a.name, a.organization_id,"
 			"            a.signup_via_api, a.signed_up_at, a.requested_at, a.force,"
-			"            a.dry_run, d.exhausted, j.interruptions > 0"
+			"            a.dry_run, d.exhausted, j.interruptions > 0, j.delivered_per"
 			"), started AS ("
 			"  UPDATE celloattr.attributions SET state = 'running'"
 			"   WHERE id = ANY (ARRAY(SELECT attribution_id FROM claimed))"

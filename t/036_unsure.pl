@@ -63,6 +63,17 @@ like(step($a1, 'cello_signup'), qr/^failed 1 set aside: POST \S+\/events failed 
 	'event timed out: set aside after one attempt, saying why');
 sleep 3;	# the stalled answer has come by now
 is(cello_events()->{'new-signup user-u1 '}, 1, 'event timed out: Cello took it once, and only once');
+# an operator who finds it in Cello's event feed says so: recorded as sent, not sent
+is($node->safe_psql($db, "SELECT celloattr.mark_delivered($a1)"), '1', 'event timed out: mark_delivered() takes the step');
+is($node->safe_psql($db, "SELECT celloattr.wait($a1, '30 s')"), 'done', 'event timed out: then the repair is done');
+like($node->safe_psql($db, "SELECT state || ' ' || result::text FROM celloattr.jobs
+	WHERE attribution_id = $a1 AND kind = 'cello_signup'"), qr/^done \{"delivered_per": "\w+"\}$/,
+	'event timed out: the step says who vouched for it');
+sleep 1;
+is(cello_events()->{'new-signup user-u1 '}, 1, 'event timed out: still taken once');
+# nothing else is set aside for want of a key there
+my ($rc, $out, $err) = $node->psql($db, "SELECT celloattr.mark_delivered($a1)");
+like($err, qr/has no step set aside for want of an idempotency key/, 'mark_delivered() of nothing set aside: an error');
 
 # 2. The ucc check before it (a GET, nothing changes) times out: retried.
 fake_fault({ provider => 'cello', method => 'GET', path_regex => '^/referral-codes/', action => 'stall',
