@@ -28,7 +28,8 @@ OBJS = \
 	src/encode.o \
 	src/stripe.o \
 	src/chargebee.o \
-	src/cello.o
+	src/cello.o \
+	src/version.o
 
 EXTENSION = celloattr
 DATA = celloattr--1.0.sql celloattr--1.1.sql celloattr--1.0--1.1.sql

@@ -328,6 +328,7 @@ cello_attribute(PG_FUNCTION_ARGS)
 {
 	AttributionRequest req;
 
+	celloattr_check_sql_version();
 	req.ucc = celloattr_text_arg(fcinfo, 0);
 	req.new_user_id = celloattr_text_arg(fcinfo, 1);
 	req.gateway = celloattr_text_arg(fcinfo, 2);

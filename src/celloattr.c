@@ -163,6 +163,7 @@ _PG_init(void)
 	celloattr_preloaded = process_shared_preload_libraries_in_progress;
 	celloattr_define_gucs(celloattr_preloaded);
 	RegisterXactCallback(celloattr_xact_callback, NULL);
+	celloattr_version_init();
 
 	if (!celloattr_preloaded)
 		return;

@@ -18,7 +18,8 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 
-#define CELLOATTR_VERSION "1.0"
+/* The SQL version this library runs (version.c), also in its User-Agent. */
+#define CELLOATTR_VERSION "1.1"
 
 /* ------------------------------------------------------------ guc.c */
 
@@ -96,6 +97,14 @@ extern bool celloattr_am_worker;
 
 /* Wake the worker when the current transaction commits. */
 extern void celloattr_wake_worker_at_commit(void);
+
+/* --------------------------------------------------------- version.c */
+
+/* The worker's check of pg_extension.extversion (in a transaction). */
+extern bool celloattr_worker_may_run(void);
+/* The SQL functions' check: errors on a version the library does not know. */
+extern void celloattr_check_sql_version(void);
+extern void celloattr_version_init(void);
 
 /* ------------------------------------------------------- attribute.c */
 

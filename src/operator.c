@@ -83,6 +83,7 @@ cello_wait(PG_FUNCTION_ARGS)
 	char	   *state;
 	bool		shared = celloattr_shared != NULL;
 
+	celloattr_check_sql_version();
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

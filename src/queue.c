@@ -75,7 +75,7 @@ lock_tables(void)
 	Oid			jobs;
 	Oid			attributions;
 
-	if (!OidIsValid(nsp) || !OidIsValid(get_extension_oid("celloattr", true)))
+	if (!OidIsValid(nsp) || !celloattr_worker_may_run())
 		return false;
 	jobs = get_relname_relid("jobs", nsp);
 	attributions = get_relname_relid("attributions", nsp);
@@ -157,7 +157,10 @@ queue_is_lock_conflict(const ErrorData *error)
 		error->sqlerrcode == ERRCODE_QUERY_CANCELED;
 }
 
-/* Whether the extension exists; false also after an error (logged). */
+/*
+ * Whether the extension exists at the library's version; false also after
+ * an error (logged).
+ */
 bool
 queue_extension_ready(void)
 {
@@ -167,7 +170,7 @@ queue_extension_ready(void)
 	PG_TRY();
 	{
 		StartTransactionCommand();
-		ready = OidIsValid(get_extension_oid("celloattr", true));
+		ready = celloattr_worker_may_run();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(cxt);
 	}

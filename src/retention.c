@@ -114,7 +114,7 @@ delete_batch(PruneTarget *t, MemoryContext cxt)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	nsp = get_namespace_oid("celloattr", true);
 	/* attributions before jobs, in the same order as queue.c */
-	if (OidIsValid(nsp) && OidIsValid(get_extension_oid("celloattr", true)) &&
+	if (OidIsValid(nsp) && celloattr_worker_may_run() &&
 		(!t->reads_attributions || lock_now(nsp, "attributions", AccessShareLock)) &&
 		lock_now(nsp, t->relname, RowExclusiveLock))
 	{

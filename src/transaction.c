@@ -311,6 +311,7 @@ cello_transaction(PG_FUNCTION_ARGS)
 	TransactionRequest req;
 	int64		attribution_id;
 
+	celloattr_check_sql_version();
 	req.new_user_id = celloattr_text_arg(fcinfo, 0);
 	req.invoice_id = celloattr_text_arg(fcinfo, 1);
 	req.amount_isnull = PG_ARGISNULL(2);

@@ -494,6 +494,7 @@ cello_attribute_trigger(PG_FUNCTION_ARGS)
 	char	   *ucc = source_text(&src[A_UCC], slot);
 	char	   *text;
 
+	celloattr_check_sql_version();
 	if (ucc == NULL || ucc[0] == '\0')
 		return PointerGetDatum(NULL);
 
@@ -616,6 +617,7 @@ cello_transaction_trigger(PG_FUNCTION_ARGS)
 	TransactionRequest *req = &row.req;
 	char	   *why = NULL;
 
+	celloattr_check_sql_version();
 	memset(&row, 0, sizeof(row));
 	row.src = src;
 	row.slot = slot;

@@ -7,7 +7,9 @@
 # (the only mode that dumps an extension's member objects one by one: tables,
 # columns in order, indexes, constraints, functions, triggers, grants,
 # comments), with the OIDs it pins removed, and through the extension's
-# configuration tables (what a plain pg_dump keeps the data of).
+# configuration tables (what a plain pg_dump keeps the data of).  Before the
+# update, the library of the new version refuses to run steps on the old
+# objects; on objects of a version it does not know, it refuses to queue.
 
 use strict;
 use warnings;
@@ -17,6 +19,7 @@ use lib $FindBin::RealBin;
 
 use CelloattrTest;
 use IPC::Run;
+use Time::HiRes;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
@@ -31,12 +34,61 @@ my @versions = split /\n/, $node->safe_psql('postgres',
 ok(scalar(@versions) >= 2, "versions installable: @versions");
 is($versions[-1], $default, 'the default version is the newest one');
 
-# The database the worker serves upgrades with work queued in it.
+# The worker's warnings about the SQL version since the log's offset.
+sub version_warnings
+{
+	my ($offset, $version) = @_;
+	my $log = slurp_file($node->logfile, $offset);
+	my @lines = $log =~ /(WARNING:  celloattr worker is waiting: the extension's SQL objects are at version \Q$version\E[^\n]*)/g;
+	return scalar(@lines);
+}
+
+# Waits up to 30 s for the worker's warning about the version.
+sub wait_log_count
+{
+	my ($offset, $version) = @_;
+	for (1 .. 150)
+	{
+		return 1 if version_warnings($offset, $version) > 0;
+		Time::HiRes::sleep(0.2);
+	}
+	return 0;
+}
+
+# The database the worker serves upgrades with work queued in it: the
+# library of the new version meets the objects of the old one (a binary
+# upgraded before ALTER EXTENSION UPDATE).  The functions queue, with a
+# warning; the worker, unpaused, claims nothing, says so once and stays.
+my $offset = -s $node->logfile;
+my $pid = worker_pid($node);
 $node->safe_psql($db, 'DROP EXTENSION celloattr');
 $node->safe_psql($db, "CREATE EXTENSION celloattr VERSION '$versions[0]'");
 fake_reset();
 fake_seed(stripe_seed('up', 3));
-queue_stripe($node, 'up', 3);
+my $stderr;
+$node->psql($db, q{SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-up' || i, 'stripe',
+                                                  customer_id => 'cus_up' || i)
+                     FROM generate_series(1, 3) i},
+	stderr => \$stderr, on_error_die => 1);
+like($stderr, qr/WARNING:  the SQL objects of celloattr are at version \Q$versions[0]\E, and this library runs version \Q$default\E.*HINT:  Run ALTER EXTENSION celloattr UPDATE\./s,
+	"queueing on the objects of $versions[0] warns that the worker waits for the update");
+is(scalar(() = $stderr =~ /WARNING/g), 1, 'once per transaction');
+
+$node->append_conf('postgresql.conf', "celloattr.paused = off\n");
+$node->reload;
+ok(wait_log_count($offset, $versions[0]),
+	"the worker says it waits for the objects of $versions[0] to be updated");
+like(slurp_file($node->logfile, $offset), qr/HINT:  Run ALTER EXTENSION celloattr UPDATE in database "\Q$db\E"\./,
+	'with the command that ends the wait');
+sleep 2;    # ten poll intervals
+is(version_warnings($offset, $versions[0]), 1, 'said once, not every round');
+is(worker_pid($node), $pid, 'the worker stays (it does not exit and restart)');
+is($node->safe_psql($db, q{SELECT string_agg(DISTINCT state, ',') FROM celloattr.jobs}),
+	'queued', 'nothing was claimed');
+is(scalar(@{ fake_requests('stripe') }), 0, 'nothing was sent');
+$node->append_conf('postgresql.conf', "celloattr.paused = on\n");
+$node->reload;
+
 $node->safe_psql($db, 'ALTER EXTENSION celloattr UPDATE');
 is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'celloattr'}),
 	$default, "updated from $versions[0] to $default");
@@ -119,5 +171,33 @@ $node->append_conf('postgresql.conf', "celloattr.paused = off\n");
 $node->reload;
 ok(wait_all_final($node, 60), 'the work queued before the upgrade finished');
 check_stripe_effects($node, 'up', 3);
+
+# Objects of a version this library does not know (a binary downgraded
+# below the objects, here made by editing the catalog): the functions
+# refuse, the worker leaves queued work alone and says so once, and carries
+# it out once library and objects match again.
+fake_seed(stripe_seed('down', 2));
+$node->append_conf('postgresql.conf', "celloattr.paused = on\n");
+$node->reload;
+queue_stripe($node, 'down', 2);
+$offset = -s $node->logfile;
+$pid = worker_pid($node);
+$node->safe_psql($db, q{UPDATE pg_extension SET extversion = '9.9' WHERE extname = 'celloattr'});
+my $requests = scalar(@{ fake_requests('stripe') });
+$node->append_conf('postgresql.conf', "celloattr.paused = off\n");
+$node->reload;
+my ($rc) = $node->psql($db, q{SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-none', 'stripe')},
+	stderr => \$stderr);
+isnt($rc, 0, 'a function refuses objects of an unknown version');
+like($stderr, qr/ERROR:  the SQL objects of celloattr are at version 9\.9, which this library \(version \Q$default\E\) does not know.*HINT:  Run ALTER EXTENSION celloattr UPDATE if this library is the newer one/s,
+	'and says why and what to do');
+ok(wait_log_count($offset, '9.9'), 'the worker says it does not know version 9.9');
+sleep 2;
+is(version_warnings($offset, '9.9'), 1, 'said once');
+is(worker_pid($node), $pid, 'the worker stays');
+is(scalar(@{ fake_requests('stripe') }), $requests, 'nothing was sent');
+$node->safe_psql($db, qq{UPDATE pg_extension SET extversion = '$default' WHERE extname = 'celloattr'});
+ok(wait_all_final($node, 60), 'the work waiting on the unknown version finished once it matched');
+check_stripe_effects($node, 'down', 2);
 
 done_testing();
