@@ -18,6 +18,8 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 
+#include "compat.h"
+
 /* The SQL version this library runs (version.c), also in its User-Agent. */
 #define CELLOATTR_VERSION "1.1"
 

@@ -15,6 +15,7 @@
 #include "pgtime.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "providers.h"
 
 static inline bool
@@ -78,7 +79,7 @@ base64_encode(const char *data, size_t len)
 {
 	int			cap = pg_b64_enc_len((int) len) + 1;
 	char	   *out = palloc(cap);
-	int			n = pg_b64_encode(data, (int) len, out, cap);
+	int			n = celloattr_b64_encode(data, (int) len, out, cap);
 
 	if (n < 0)
 		elog(ERROR, "celloattr: base64 encoding failed");
@@ -125,10 +126,12 @@ zero_decimal(const char *currency)
 char *
 major_units(int64 amount, const char *currency)
 {
+	uint64		units = amount < 0 ? -(uint64) amount : (uint64) amount;
+
 	if (currency && zero_decimal(currency))
 		return psprintf("%lld", (long long) amount);
-	return psprintf("%s%lld.%02lld", amount < 0 ? "-" : "",
-					(long long) (Abs(amount) / 100), (long long) (Abs(amount) % 100));
+	return psprintf("%s%llu.%02llu", amount < 0 ? "-" : "",
+					(unsigned long long) (units / 100), (unsigned long long) (units % 100));
 }
 
 const char *

@@ -535,7 +535,7 @@ rebuild_wait_set(HttpEngine *engine)
 {
 	if (engine->set)
 		FreeWaitEventSet(engine->set);
-	engine->set = CreateWaitEventSet(engine->cxt, engine->nsockets + 2);
+	engine->set = celloattr_create_wait_event_set(engine->cxt, engine->nsockets + 2);
 	AddWaitEventToSet(engine->set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(engine->set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	for (int i = 0; i < engine->nsockets; i++)

@@ -187,7 +187,7 @@ drop_will_proceed(DropdbStmt *stmt, bool is_top_level)
 	PreventInTransactionBlock(is_top_level, "DROP DATABASE");
 	db = get_database_oid(stmt->dbname, true);
 	if (!OidIsValid(db) || db == MyDatabaseId ||
-		!pg_database_ownercheck(db, GetUserId()))
+		!celloattr_database_ownercheck(db, GetUserId()))
 		return false;
 	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(db));
 	if (!HeapTupleIsValid(tup))

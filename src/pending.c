@@ -253,7 +253,7 @@ live_attribution_exists(const PendingUserKey *key)
 	ScanKeyEntryInitialize(&keys[2], 0, 3, BTEqualStrategyNumber, InvalidOid,
 						   InvalidOid, F_BOOLEQ, BoolGetDatum(key->dry_run));
 	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, &dirty, 3, 0);
+	scan = celloattr_index_beginscan(heap, index, &dirty, 3, 0);
 	index_rescan(scan, keys, 3, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);

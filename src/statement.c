@@ -62,16 +62,15 @@ statement_executor_start(QueryDesc *queryDesc, int eflags)
 }
 
 static void
-statement_executor_run(QueryDesc *queryDesc, ScanDirection direction,
-					   uint64 count, bool execute_once)
+statement_executor_run(CELLOATTR_EXECUTOR_RUN_PARAMS)
 {
 	celloattr_executor_depth++;
 	PG_TRY();
 	{
 		if (prev_executor_run)
-			prev_executor_run(queryDesc, direction, count, execute_once);
+			prev_executor_run(CELLOATTR_EXECUTOR_RUN_ARGS);
 		else
-			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+			standard_ExecutorRun(CELLOATTR_EXECUTOR_RUN_ARGS);
 	}
 	PG_FINALLY();
 	{

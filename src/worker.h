@@ -11,6 +11,7 @@
 
 #include "postgres.h"
 
+#include "compat.h"
 #include "job.h"
 
 /* launcher.c: called by _PG_init while preloading. */
@@ -22,8 +23,8 @@ extern void celloattr_register_launcher(void);
 extern void celloattr_drop_database_begin(struct Node *stmt, bool is_top_level);
 extern void celloattr_drop_database_end(void);
 
-PGDLLEXPORT void celloattr_launcher_main(Datum main_arg) pg_attribute_noreturn();
-PGDLLEXPORT void celloattr_worker_main(Datum main_arg) pg_attribute_noreturn();
+pg_noreturn PGDLLEXPORT void celloattr_launcher_main(Datum main_arg);
+pg_noreturn PGDLLEXPORT void celloattr_worker_main(Datum main_arg);
 
 /* session.c: the worker's settings, pinned at connection and after each
  * reload.  WORKER_LOCK_TIMEOUT bounds any lock wait the worker's SKIP
