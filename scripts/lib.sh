@@ -5,10 +5,22 @@
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-/usr/bin/python3}
 TEST_USER=${CELLOATTR_TEST_USER:-postgres}
+# The PostgreSQL major versions celloattr supports and tests (scripts/test
+# --all-versions): 15 is Debian's package on this machine, the others are
+# built from Debian's source by scripts/pg-build.
+PG_VERSIONS="15 17 18"
+# CELLOATTR_PG_VERSION=NN: build, install and test against that version
+# (other than 15: the server scripts/pg-build made, built on first use).
+PG_MAJOR=${CELLOATTR_PG_VERSION:-15}
 # CELLOATTR_PG_PREFIX=/some/dir: build, install and test against a private
-# copy of the PostgreSQL installation made there (scripts/private-pg), so
+# copy of the PostgreSQL 15 installation made there (scripts/private-pg), so
 # several checkouts on one machine need not take turns.
-if [ -n "${CELLOATTR_PG_PREFIX:-}" ]; then
+if [ "$PG_MAJOR" != 15 ]; then
+	PG_BUILT_PREFIX=$(CELLOATTR_PG_VERSION= "$top/scripts/pg-build" "$PG_MAJOR") ||
+		{ printf 'error: no PostgreSQL %s to test against (scripts/pg-build %s)\n' "$PG_MAJOR" "$PG_MAJOR" >&2; exit 1; }
+	PG_CONFIG=$PG_BUILT_PREFIX/bin/pg_config
+	export PG_CONFIG
+elif [ -n "${CELLOATTR_PG_PREFIX:-}" ]; then
 	PG_CONFIG=$CELLOATTR_PG_PREFIX/usr/lib/postgresql/15/bin/pg_config
 	[ -x "$PG_CONFIG" ] || { printf 'error: no PostgreSQL copy in %s (run scripts/private-pg %s)\n' \
 		"$CELLOATTR_PG_PREFIX" "$CELLOATTR_PG_PREFIX" >&2; exit 1; }
@@ -31,9 +43,12 @@ ensure_deps() {
 	command -v gcc >/dev/null || missing+=(gcc)
 	command -v pkg-config >/dev/null || missing+=(pkg-config)
 	[ -x "$PYTHON" ] || missing+=(python3)
-	[ -x "$PGBIN/postgres" ] || missing+=(postgresql-15)
-	incdir=$(${PG_CONFIG:-pg_config} --includedir-server 2>/dev/null)
-	[ -n "$incdir" ] && [ -f "$incdir/postgres.h" ] || missing+=(postgresql-server-dev-15)
+	# (a server scripts/pg-build made has all of it)
+	if [ "$PG_MAJOR" = 15 ]; then
+		[ -x "$PGBIN/postgres" ] || missing+=(postgresql-15)
+		incdir=$(${PG_CONFIG:-pg_config} --includedir-server 2>/dev/null)
+		[ -n "$incdir" ] && [ -f "$incdir/postgres.h" ] || missing+=(postgresql-server-dev-15)
+	fi
 	has_header curl/curl.h libcurl || missing+=(libcurl4-openssl-dev)
 	has_header json-c/json.h json-c || missing+=(libjson-c-dev)
 	if [ "${1:-}" = test ]; then
@@ -75,12 +90,16 @@ has_header() {
 }
 
 # Build with warnings as errors and install into the server's directories.
-# The installed library is shared by every cluster on the machine, and a
-# backend that finds it replaced loads a second copy: so one run at a time
-# holds the lock from install to its last test (several checkouts of the
-# project on one machine then take turns instead of breaking each other).
+# The installed library is shared by every cluster of that server on the
+# machine, and a backend that finds it replaced loads a second copy: so one
+# run at a time holds the server's lock from install to its last test
+# (several checkouts of the project on one machine then take turns instead
+# of breaking each other).
 build_install() {
-	if [ -z "${CELLOATTR_PG_PREFIX:-}" ]; then
+	if [ "$PG_MAJOR" != 15 ]; then
+		exec 9>"${TMPDIR:-/tmp}/celloattr-install-$PG_MAJOR.lock"
+		flock 9
+	elif [ -z "${CELLOATTR_PG_PREFIX:-}" ]; then
 		exec 9>"${TMPDIR:-/tmp}/celloattr-install.lock"
 		flock 9
 	fi
