@@ -82,12 +82,13 @@ my @refused = (
 		"BEGIN; DROP DATABASE $db", qr/cannot run inside a transaction block/ ],
 	[ 'the current database', $db, 'db_owner', "DROP DATABASE $db",
 		qr/cannot drop the currently open database/ ],
+	# (16 and later say SUPERUSER)
 	[ 'pg_terminate_backend of the worker by pg_signal_backend', 'postgres', 'signaller',
-		"SELECT pg_terminate_backend($pid)", qr/superuser/ ],
+		"SELECT pg_terminate_backend($pid)", qr/superuser/i ],
 	[ 'pg_cancel_backend of the worker by pg_signal_backend', 'postgres', 'signaller',
-		"SELECT pg_cancel_backend($pid)", qr/superuser/ ],
+		"SELECT pg_cancel_backend($pid)", qr/superuser/i ],
 	[ 'pg_terminate_backend of the launcher by pg_signal_backend', 'postgres', 'signaller',
-		"SELECT pg_terminate_backend($launcher)", qr/superuser/ ],
+		"SELECT pg_terminate_backend($launcher)", qr/superuser/i ],
 );
 my $i = 0;
 for my $case (@refused)

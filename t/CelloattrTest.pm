@@ -46,8 +46,23 @@ our @EXPORT = qw(
   check_guest unfinished_steps worker_terminations);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
-binmode(Test::More->builder->$_, ':encoding(UTF-8)')
-  for qw(output failure_output todo_output);
+# PostgreSQL::Test::Utils ties Test::More's output handles to a tee into
+# the test's log (in its INIT block, which runs before this one), and the
+# tee dies on a wide character since 18 (fatal warnings): the handles it
+# writes to take UTF-8, each once.
+INIT
+{
+	my %utf8;
+	for my $name (qw(output failure_output todo_output))
+	{
+		my $fh = Test::More->builder->$name;
+		my $tee = tied *$fh;
+		for my $h ($tee ? @$tee : ($fh))
+		{
+			binmode($h, ':encoding(UTF-8)') unless $utf8{ fileno($h) // "$h" }++;
+		}
+	}
+}
 
 # The database the worker serves in every TAP test.
 our $DB = 'celloattr_tap';
