@@ -95,7 +95,16 @@ has_header() {
 # run at a time holds the server's lock from install to its last test
 # (several checkouts of the project on one machine then take turns instead
 # of breaking each other).
+#
+# CELLOATTR_INSTALLED=1 builds and installs nothing: the tests run against
+# the extension already installed (scripts/test-package: the package's).
 build_install() {
+	if [ -n "${CELLOATTR_INSTALLED:-}" ]; then
+		[ -f "$(${PG_CONFIG:-pg_config} --pkglibdir)/celloattr.so" ] ||
+			die "CELLOATTR_INSTALLED: no celloattr.so in $(${PG_CONFIG:-pg_config} --pkglibdir)"
+		say "testing the installed extension in $(${PG_CONFIG:-pg_config} --pkglibdir)"
+		return
+	fi
 	if [ "$PG_MAJOR" != 15 ]; then
 		exec 9>"${TMPDIR:-/tmp}/celloattr-install-$PG_MAJOR.lock"
 		flock 9
