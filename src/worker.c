@@ -309,9 +309,14 @@ exchange_done(HttpExchange *ex)
 
 /*
  * A step whose lease ended: a request in flight is cancelled and the step
- * retried after backoff (an attempt used: the provider was asked); one
- * only waiting for its provider's pace goes back to the queue until the
- * provider is open again, no attempt used.
+ * retried after backoff (an attempt used: the provider was asked).  One
+ * waiting for its provider's pace goes back to the queue until the
+ * provider is open again, no attempt used, if it has sent nothing yet;
+ * one that did send requests uses an attempt too, as it starts over from
+ * its first request when claimed again: else a step that needs more
+ * requests than its provider's pace allows in a lease (a Chargebee site's
+ * pages of events) would start over for ever, never done nor failed, and
+ * take the provider's whole rate from every other step.
  */
 static void
 expire_lease(Job *job, TimestampTz now)
@@ -328,10 +333,17 @@ expire_lease(Job *job, TimestampTz now)
 		dlist_delete(&job->node);
 		job->pending = NULL;
 		ex->error = psprintf("not sent: %s", reason);
-		job->verdict = JOB_SNOOZE;
-		job->snooze_seconds = pace && pace->closed_until > now ?
-			(pace->closed_until - now) / 1e6 : 0;
-		job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
+		if (list_length(job->exchanges) > 1)
+			job_retry(job, "%s %s %s, after %d requests paced at celloattr.%s_rate_limit (a longer celloattr.lease lets it finish)",
+					  ex->method, ex->url, ex->error, list_length(job->exchanges) - 1,
+					  ex->provider);
+		else
+		{
+			job->verdict = JOB_SNOOZE;
+			job->snooze_seconds = pace && pace->closed_until > now ?
+				(pace->closed_until - now) / 1e6 : 0;
+			job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
+		}
 	}
 	else if (job->exchanges != NIL)
 	{
