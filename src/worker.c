@@ -476,6 +476,23 @@ clear_worker_latch(int code, Datum arg)
 	SpinLockRelease(&celloattr_shared->mutex);
 }
 
+/* Hand queue.c the ids of the steps this worker holds, to find the others. */
+static void
+adopt_expired(void)
+{
+	int64	   *held = palloc((running + list_length(finished) + 1) * sizeof(int64));
+	int			n = 0;
+	dlist_iter	iter;
+	ListCell   *lc;
+
+	dlist_foreach(iter, &running_jobs)
+		held[n++] = dlist_container(Job, running_node, iter.cur)->id;
+	foreach(lc, finished)
+		held[n++] = ((Job *) lfirst(lc))->id;
+	queue_adopt_expired(held, n);
+	pfree(held);
+}
+
 /* What one round of the loop decides for the next; static, as it must
  * survive an error caught by the worker's main loop. */
 static struct
@@ -487,8 +504,9 @@ static struct
 	TimestampTz next_prune_at;
 	TimestampTz next_record_at;
 	TimestampTz next_orphans_at;
+	TimestampTz next_expiry_at; /* the next look for steps past their lease */
 	TimestampTz stop_at;		/* SIGTERM: the end of the grace period */
-} loop = {true, false, false, 0, 0, 0, 0, 0};
+} loop = {true, false, false, 0, 0, 0, 0, 0, 0};
 
 /*
  * One round of the worker's loop; false when the worker must leave.
@@ -533,6 +551,15 @@ worker_round(MemoryContext loop_cxt)
 	}
 	if (loop.stop_at != 0 && ((running == 0 && finished == NIL) || now >= loop.stop_at))
 		return false;
+
+	/* steps past their lease that nobody holds become orphans (queue.c) */
+	if (loop.stop_at == 0 && loop.orphans_requeued && now >= loop.next_expiry_at)
+	{
+		adopt_expired();
+		loop.next_expiry_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+		if (queue_orphans_left() > 0)
+			loop.next_orphans_at = now;
+	}
 
 	/* until the first requeue, nothing is claimed: an orphan must not wait behind new work */
 	if (loop.stop_at == 0 &&
