@@ -55,6 +55,7 @@ static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr orphans_plan = NULL;
 static SPIPlanPtr requeue_plan = NULL;
 static SPIPlanPtr still_running_plan = NULL;
+static SPIPlanPtr expired_plan = NULL;
 
 /* The worker's context, given back after each transaction. */
 static MemoryContext caller_cxt = NULL;
@@ -351,6 +352,59 @@ queue_requeue_orphans(void)
 	}
 	PG_END_TRY();
 	return done;
+}
+
+/*
+ * Steps the table shows 'running' past their lease, that this worker does
+ * not hold (held: the ids of its steps in flight and of outcomes waiting to
+ * be written), become orphans, requeued (or set aside) by the next
+ * queue_requeue_orphans() like those of a worker that died: a step the
+ * worker lost track of after an error that left no outcome, or one written
+ * 'running' by hand, is not left 'running' for good.
+ */
+void
+queue_adopt_expired(const int64 *held, int nheld)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		if (queue_begin("looking for steps past their lease"))
+		{
+			ArrayColumn ids;
+			int64	   *expired;
+			int			nexpired;
+
+			celloattr_columns_init(&ids, (Oid[]) {INT8OID}, 1, nheld);
+			for (int i = 0; i < nheld; i++)
+				celloattr_column_add(&ids, Int64GetDatum(held[i]), false);
+			celloattr_execute_columns(&expired_plan,
+					"SELECT id FROM celloattr.jobs"
+					" WHERE state = 'running' AND NOT (id = ANY ($1))"
+					"   AND (lease_until IS NULL OR lease_until < pg_catalog.now())",
+					&ids, 1, SPI_OK_SELECT);
+			expired = result_ids(&nexpired);
+			queue_commit();
+			for (int i = 0; i < nexpired; i++)
+			{
+				forget_orphan(expired[i]);
+				orphans_left = orphans_left ?
+					repalloc(orphans_left, (norphans_left + 1) * sizeof(int64)) :
+					MemoryContextAlloc(TopMemoryContext, sizeof(int64));
+				orphans_left[norphans_left++] = expired[i];
+			}
+			if (nexpired > 0)
+				ereport(LOG,
+						(errmsg("celloattr worker: %d step(s) still running past their lease, held by no worker",
+								nexpired)));
+			pfree(expired);
+		}
+	}
+	PG_CATCH();
+	{
+		FreeErrorData(queue_recover(cxt));
+	}
+	PG_END_TRY();
 }
 
 /* Orphans still to requeue; -1 before the first requeue committed. */

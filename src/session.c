@@ -22,11 +22,22 @@
  * puts pg_catalog first and pg_temp last, so no other schema is searched
  * before them.
  *
+ * Who the worker is, and what an ERROR does to it, are settings too: an
+ * owner's ALTER DATABASE ... SET role (or session_authorization) would run
+ * the worker as the owner's role, which can neither read nor write the
+ * extension's tables and may terminate the worker, and exit_on_error would
+ * turn every ERROR the worker recovers from into an exit, and a restart
+ * that sends its steps in flight again.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 
 #include "worker.h"
 
@@ -52,6 +63,9 @@ static const Pinned pinned[] = {
 	{"idle_in_transaction_session_timeout", "0"},
 	{"idle_session_timeout", "0"},
 
+	/* an ERROR is caught and recovered from (worker.c), never an exit */
+	{"exit_on_error", "off"},
+
 	/* the worker's statements are written for read committed, read-write */
 	{"default_transaction_isolation", "read committed"},
 	{"default_transaction_read_only", "off"},
@@ -73,9 +87,30 @@ static const Pinned pinned[] = {
 	{"check_function_bodies", "on"},
 };
 
+/*
+ * The worker is the bootstrap superuser, whatever the database's or a
+ * role's settings name: session_authorization takes a role's name, which
+ * only a transaction can look up, and role 'none' then makes the session
+ * user the current one.
+ */
+static void
+pin_identity(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	SetConfigOption("session_authorization",
+					GetUserNameFromId(BOOTSTRAP_SUPERUSERID, false),
+					PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("role", "none", PGC_SUSET, PGC_S_OVERRIDE);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+}
+
 void
 worker_pin_settings(void)
 {
+	pin_identity();
 	for (int i = 0; i < (int) lengthof(pinned); i++)
 		SetConfigOption(pinned[i].name, pinned[i].value, PGC_SUSET, PGC_S_OVERRIDE);
 }

@@ -47,14 +47,29 @@ static const char *const intervals[] = {
  * cut between characters (half a character would make the message itself
  * invalid text).
  */
+/*
+ * The encoding text of the database is read in.  An SQL_ASCII database
+ * stores whatever bytes it is given, and what it is given for providers is
+ * UTF-8 (their APIs speak nothing else): read as that, so that characters
+ * are counted and cut as the provider will.
+ */
+static int
+text_encoding(void)
+{
+	int			encoding = GetDatabaseEncoding();
+
+	return encoding == PG_SQL_ASCII ? PG_UTF8 : encoding;
+}
+
 char *
 celloattr_shown(const char *value)
 {
 	StringInfoData buf;
+	int			encoding = text_encoding();
 	int			n = 0;
 
 	initStringInfo(&buf);
-	for (const char *p = value; *p; p += pg_mblen(p))
+	for (const char *p = value; *p; p += pg_encoding_mblen_bounded(encoding, p))
 	{
 		unsigned char c = (unsigned char) *p;
 
@@ -66,7 +81,7 @@ celloattr_shown(const char *value)
 		if (c < 0x20 || c == 0x7f)
 			appendStringInfo(&buf, "\\x%02X", c);
 		else
-			appendBinaryStringInfo(&buf, p, pg_mblen(p));
+			appendBinaryStringInfo(&buf, p, pg_encoding_mblen_bounded(encoding, p));
 	}
 	return buf.data;
 }
@@ -89,6 +104,7 @@ static void
 check_text(const char *what, const char *value, bool required, int max_chars,
 		   bool allow_newlines)
 {
+	int			encoding = text_encoding();
 	int			chars = 0;
 
 	if (value == NULL)
@@ -113,7 +129,10 @@ check_text(const char *what, const char *value, bool required, int max_chars,
 				 errhint("Pass NULL to leave it out.")));
 	}
 
-	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+	/* characters, not bytes, count (control bytes are single-byte in every
+	 * server encoding, so stepping by characters finds each) */
+	for (const unsigned char *p = (const unsigned char *) value; *p;
+		 p += pg_encoding_mblen_bounded(encoding, (const char *) p))
 	{
 		if ((*p < 0x20 || *p == 0x7f) &&
 			!(allow_newlines && (*p == '\n' || *p == '\r' || *p == '\t')))
@@ -124,9 +143,7 @@ check_text(const char *what, const char *value, bool required, int max_chars,
 					 errdetail("Byte 0x%02X at position %d.", *p,
 							   (int) (p - (const unsigned char *) value) + 1),
 					 errhint("Remove control characters; providers reject them or store them unreadably.")));
-		/* count characters, not bytes: continuation bytes are 10xxxxxx */
-		if ((*p & 0xC0) != 0x80)
-			chars++;
+		chars++;
 	}
 	if (chars > max_chars)
 		ereport(ERROR,

@@ -309,9 +309,14 @@ exchange_done(HttpExchange *ex)
 
 /*
  * A step whose lease ended: a request in flight is cancelled and the step
- * retried after backoff (an attempt used: the provider was asked); one
- * only waiting for its provider's pace goes back to the queue until the
- * provider is open again, no attempt used.
+ * retried after backoff (an attempt used: the provider was asked).  One
+ * waiting for its provider's pace goes back to the queue until the
+ * provider is open again, no attempt used, if it has sent nothing yet;
+ * one that did send requests uses an attempt too, as it starts over from
+ * its first request when claimed again: else a step that needs more
+ * requests than its provider's pace allows in a lease (a Chargebee site's
+ * pages of events) would start over for ever, never done nor failed, and
+ * take the provider's whole rate from every other step.
  */
 static void
 expire_lease(Job *job, TimestampTz now)
@@ -328,10 +333,17 @@ expire_lease(Job *job, TimestampTz now)
 		dlist_delete(&job->node);
 		job->pending = NULL;
 		ex->error = psprintf("not sent: %s", reason);
-		job->verdict = JOB_SNOOZE;
-		job->snooze_seconds = pace && pace->closed_until > now ?
-			(pace->closed_until - now) / 1e6 : 0;
-		job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
+		if (list_length(job->exchanges) > 1)
+			job_retry(job, "%s %s %s, after %d requests paced at celloattr.%s_rate_limit (a longer celloattr.lease lets it finish)",
+					  ex->method, ex->url, ex->error, list_length(job->exchanges) - 1,
+					  ex->provider);
+		else
+		{
+			job->verdict = JOB_SNOOZE;
+			job->snooze_seconds = pace && pace->closed_until > now ?
+				(pace->closed_until - now) / 1e6 : 0;
+			job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
+		}
 	}
 	else if (job->exchanges != NIL)
 	{
@@ -464,6 +476,23 @@ clear_worker_latch(int code, Datum arg)
 	SpinLockRelease(&celloattr_shared->mutex);
 }
 
+/* Hand queue.c the ids of the steps this worker holds, to find the others. */
+static void
+adopt_expired(void)
+{
+	int64	   *held = palloc((running + list_length(finished) + 1) * sizeof(int64));
+	int			n = 0;
+	dlist_iter	iter;
+	ListCell   *lc;
+
+	dlist_foreach(iter, &running_jobs)
+		held[n++] = dlist_container(Job, running_node, iter.cur)->id;
+	foreach(lc, finished)
+		held[n++] = ((Job *) lfirst(lc))->id;
+	queue_adopt_expired(held, n);
+	pfree(held);
+}
+
 /* What one round of the loop decides for the next; static, as it must
  * survive an error caught by the worker's main loop. */
 static struct
@@ -475,8 +504,9 @@ static struct
 	TimestampTz next_prune_at;
 	TimestampTz next_record_at;
 	TimestampTz next_orphans_at;
+	TimestampTz next_expiry_at; /* the next look for steps past their lease */
 	TimestampTz stop_at;		/* SIGTERM: the end of the grace period */
-} loop = {true, false, false, 0, 0, 0, 0, 0};
+} loop = {true, false, false, 0, 0, 0, 0, 0, 0};
 
 /*
  * One round of the worker's loop; false when the worker must leave.
@@ -521,6 +551,15 @@ worker_round(MemoryContext loop_cxt)
 	}
 	if (loop.stop_at != 0 && ((running == 0 && finished == NIL) || now >= loop.stop_at))
 		return false;
+
+	/* steps past their lease that nobody holds become orphans (queue.c) */
+	if (loop.stop_at == 0 && loop.orphans_requeued && now >= loop.next_expiry_at)
+	{
+		adopt_expired();
+		loop.next_expiry_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+		if (queue_orphans_left() > 0)
+			loop.next_orphans_at = now;
+	}
 
 	/* until the first requeue, nothing is claimed: an orphan must not wait behind new work */
 	if (loop.stop_at == 0 &&

@@ -56,6 +56,7 @@ extern bool queue_extension_ready(void);
 #define STOPS_BEFORE_SET_ASIDE 3
 extern bool queue_requeue_orphans(void);
 extern int	queue_orphans_left(void);
+extern void queue_adopt_expired(const int64 *held, int nheld);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 
 /* For the rest of the transaction, plan index lookups only. */

@@ -8,7 +8,10 @@
 # settings (ALTER ROLE ... IN DATABASE) and postgresql.conf (ALTER SYSTEM,
 # then a reload) plant more.  The worker, started afresh and then reloaded,
 # runs repairs on every path: none of the owner's code runs, the owner is
-# no superuser, every step ends and nothing is sent twice.
+# no superuser, every step ends and nothing is sent twice.  The owner also
+# names their own role as the session's (role, session_authorization) and
+# makes every ERROR an exit (exit_on_error): the worker stays superuser,
+# and recovers from a cancel without exiting.
 
 use strict;
 use warnings;
@@ -29,7 +32,8 @@ my $super = $node->safe_psql('postgres', 'SELECT current_user');
 $ENV{PGOPTIONS} = join ' ', map { "-c $_" } 'search_path=pg_catalog,pg_temp',
   'statement_timeout=0', 'lock_timeout=0', 'idle_in_transaction_session_timeout=0',
   'default_transaction_read_only=off',
-  'default_transaction_isolation=read\\ committed', 'session_replication_role=origin';
+  'default_transaction_isolation=read\\ committed', 'session_replication_role=origin',
+  "session_authorization=$super", 'role=none', 'exit_on_error=off';
 
 $node->safe_psql('postgres', qq{
 	CREATE ROLE dbo LOGIN NOSUPERUSER;
@@ -89,6 +93,9 @@ as_dbo(qq{
 	ALTER DATABASE $db SET row_security = off;
 	ALTER DATABASE $db SET jit = on;
 	ALTER DATABASE $db SET jit_above_cost = 0;
+	ALTER DATABASE $db SET exit_on_error = on;
+	ALTER DATABASE $db SET role = dbo;
+	ALTER DATABASE $db SET session_authorization = dbo;
 });
 # the role's settings and the server's: what a superuser could get wrong
 $node->safe_psql('postgres', qq{
@@ -138,6 +145,12 @@ my $old = worker_pid($node);
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($old)");
 wait_for_new_worker($node, $old);
 round('planted at connection', 1);
+
+# an ERROR (a cancel) under the planted exit_on_error: the worker recovers
+my $pid = worker_pid($node);
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+sleep 1.5;
+is(worker_pid($node), $pid, 'a cancel under the database\'s exit_on_error: the worker did not exit');
 
 # the server's file, read again on SIGHUP
 $node->safe_psql('postgres', q{
