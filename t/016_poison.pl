@@ -51,12 +51,7 @@ push @{ $seed->{stripe}{events} }, { id => 'evt_nul', type => 'invoice.paid', in
 fake_reset();
 fake_seed($seed);
 
-sub attribute
-{
-	my ($user, $gateway, $extra) = @_;
-	return $node->safe_psql($db, "SELECT celloattr.cello_attribute('pNRB1aYqArN', '$user', '$gateway'"
-		  . ($extra ? ", $extra" : '') . ')');
-}
+sub attribute { return attribute_in($node, @_); }
 
 sub state_of
 {

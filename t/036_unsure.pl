@@ -39,12 +39,7 @@ push @{ $seed->{chargebee}{events} }, {
 fake_reset();
 fake_seed($seed);
 
-sub attribute
-{
-	my ($user, $gateway, $extra) = @_;
-	return $node->safe_psql($db, "SELECT celloattr.cello_attribute('pNRB1aYqArN', '$user', '$gateway'"
-		  . ($extra ? ", $extra" : '') . ')');
-}
+sub attribute { return attribute_in($node, @_); }
 
 sub step
 {

@@ -43,7 +43,7 @@ our @EXPORT = qw(
   wait_all_final stripe_seed queue_stripe check_stripe_effects
   worker_crashes psql_within attribute_one test_secrets write_node_secrets
   guest_seed cello_events chargebee_redeliveries check_at_most_once
-  check_guest unfinished_steps worker_terminations);
+  check_guest unfinished_steps worker_terminations attribute_in);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
 # PostgreSQL::Test::Utils ties Test::More's output handles to a tee into
@@ -488,6 +488,15 @@ sub check_guest
 	my $max = $node->safe_psql($DB, q{SELECT current_setting('celloattr.max_attempts')});
 	cmp_ok($node->safe_psql($DB, 'SELECT coalesce(max(attempts), 0) FROM celloattr.jobs'),
 		'<=', $max, "$label: no step attempted more than max_attempts ($max) times");
+}
+
+# Queue one attribution of $user on $gateway with the suite's ucc (and the
+# named arguments in $extra, SQL); its id.
+sub attribute_in
+{
+	my ($node, $user, $gateway, $extra) = @_;
+	return $node->safe_psql($DB, "SELECT celloattr.cello_attribute('pNRB1aYqArN', '$user', '$gateway'"
+		  . ($extra ? ", $extra" : '') . ')');
 }
 
 # Lines of the server log where a celloattr worker died of a signal.
