@@ -36,6 +36,8 @@ REVOKE ALL ON FUNCTION celloattr._keep_first_installation() FROM PUBLIC;
 DELETE FROM celloattr.installation
  WHERE install_id <> (SELECT install_id FROM celloattr.installation
 					   ORDER BY created_at, install_id LIMIT 1);
+
+/*
  * Times in a row a worker stopped while a step was running: a step that
  * reached 3 is set aside ('failed') instead of being sent again, and
  * retry() starts it over.
