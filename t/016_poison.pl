@@ -2,8 +2,8 @@
 # worker nor the batch, and resends nothing.
 #
 # Poisoned outcomes: a Chargebee payment event holding \u0000 (which jsonb
-# refuses), NUL and invalid UTF-8 in customers and answers of every
-# provider, and outcomes the tables refuse (a CHECK constraint a DBA added
+# refuses unless escaped), NUL and invalid UTF-8 in customers and answers
+# of every provider, and outcomes the tables refuse (a CHECK constraint a DBA added
 # that one step's result or log rows break).  Each fails its own step with
 # the error, the rest of its batch is recorded, nothing is sent twice.  A
 # step claimed after its last attempt is given up without being sent.  A
@@ -82,11 +82,12 @@ $id{snul} = attribute('user-snul', 'stripe', "customer_id => 'cus_nul', signup_v
 $id{api} = attribute('user-api1', 'cello_api', "email => 'api1\@example.com'");
 ok(wait_all_final($node, 60), 'poisoned events: every repair ended');
 
-is(state_of($id{nul}), 'failed', 'NUL in a Chargebee event: the repair failed');
-like(step($id{nul}, 'chargebee_payments'), qr/^failed \| its outcome could not be recorded \(it was done, last answer HTTP 200\): .*Unicode/,
-	'NUL in a Chargebee event: its own step failed with the error');
+# (what jsonb refuses is escaped on the way in, src/dbtext.c and json.c:
+# the event is stored and re-delivered like any other; t/013_text.pl
+# checks its bytes.  Outcomes the tables do refuse are part 3.)
+is(state_of($id{nul}), 'done', 'NUL in a Chargebee event: the repair done');
 like(step($id{nul}, 'cello_signup'), qr/^done/, 'NUL in a Chargebee event: the signup before it is done');
-is(chargebee_redeliveries()->{ev_nul} // 0, 0, 'NUL in a Chargebee event: not re-delivered');
+is(chargebee_redeliveries()->{ev_nul}, 1, 'NUL in a Chargebee event: re-delivered once');
 is(state_of($id{ok}), 'done', 'a healthy Chargebee repair beside it: done');
 is(chargebee_redeliveries()->{ev_ok}, 1, 'a healthy Chargebee repair beside it: its event re-delivered once');
 like(state_of($id{name}), qr/^(done|failed)$/, 'NUL in a Chargebee customer name and meta_data: ended');
