@@ -556,7 +556,8 @@ worker_round(MemoryContext loop_cxt)
 	if (loop.stop_at == 0 && loop.orphans_requeued && now >= loop.next_expiry_at)
 	{
 		adopt_expired();
-		loop.next_expiry_at = now + (TimestampTz) celloattr_poll_interval * 1000;
+		/* a lease is whole seconds long: looking more often finds nothing more */
+		loop.next_expiry_at = now + (TimestampTz) Max(celloattr_poll_interval, 1000) * 1000;
 		if (queue_orphans_left() > 0)
 			loop.next_orphans_at = now;
 	}
