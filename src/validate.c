@@ -66,22 +66,30 @@ celloattr_shown(const char *value)
 {
 	StringInfoData buf;
 	int			encoding = text_encoding();
+	int			remaining = strlen(value);
 	int			n = 0;
 
 	initStringInfo(&buf);
-	for (const char *p = value; *p; p += pg_encoding_mblen_bounded(encoding, p))
+	for (const char *p = value; *p;)
 	{
 		unsigned char c = (unsigned char) *p;
+		/* a malformed character (possible in SQL_ASCII) shows as its bytes */
+		int			len = pg_encoding_verifymbchar(encoding, p, remaining);
 
 		if (++n > SHOWN_CHARS)
 		{
 			appendStringInfoString(&buf, "...");
 			break;
 		}
-		if (c < 0x20 || c == 0x7f)
+		if (len < 1 || c < 0x20 || c == 0x7f)
+		{
 			appendStringInfo(&buf, "\\x%02X", c);
+			len = 1;
+		}
 		else
-			appendBinaryStringInfo(&buf, p, pg_encoding_mblen_bounded(encoding, p));
+			appendBinaryStringInfo(&buf, p, len);
+		p += len;
+		remaining -= len;
 	}
 	return buf.data;
 }
@@ -129,11 +137,9 @@ check_text(const char *what, const char *value, bool required, int max_chars,
 				 errhint("Pass NULL to leave it out.")));
 	}
 
-	/* characters, not bytes, count (control bytes are single-byte in every
-	 * server encoding, so stepping by characters finds each) */
-	for (const unsigned char *p = (const unsigned char *) value; *p;
-		 p += pg_encoding_mblen_bounded(encoding, (const char *) p))
-	{
+	/* every byte: in an SQL_ASCII database a malformed character could
+	 * otherwise hide a control byte from a scan that steps by characters */
+	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
 		if ((*p < 0x20 || *p == 0x7f) &&
 			!(allow_newlines && (*p == '\n' || *p == '\r' || *p == '\t')))
 			ereport(ERROR,
@@ -143,8 +149,9 @@ check_text(const char *what, const char *value, bool required, int max_chars,
 					 errdetail("Byte 0x%02X at position %d.", *p,
 							   (int) (p - (const unsigned char *) value) + 1),
 					 errhint("Remove control characters; providers reject them or store them unreadably.")));
+	/* characters, not bytes, count against the providers' limits */
+	for (const char *p = value; *p; p += pg_encoding_mblen_bounded(encoding, p))
 		chars++;
-	}
 	if (chars > max_chars)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
