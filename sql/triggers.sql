@@ -316,5 +316,19 @@ INSERT INTO members2 VALUES (7404, NULL);
 UPDATE members2 SET code = code WHERE id = 7403;
 SELECT count(*) AS attributions_7403 FROM celloattr.attributions WHERE new_user_id = '7403';
 
+-- SQL objects of a version this library does not know (a library rolled
+-- back): rows celloattr has no business with are still written, the
+-- others fail with an error that names both versions
+BEGIN;
+UPDATE pg_extension SET extversion = '9.9' WHERE extname = 'celloattr';
+INSERT INTO members2 VALUES (7405, NULL);
+UPDATE members2 SET code = code WHERE id = 7403;
+INSERT INTO bills VALUES
+	('b15', '7301', NULL, NULL, NULL, 'draft', NULL, NULL, 'no event'),
+	('b16', NULL, NULL, NULL, NULL, 'paid', NULL, NULL, 'no user');
+SELECT count(*) AS written_on_unknown_version FROM bills WHERE id IN ('b15', 'b16');
+INSERT INTO members2 VALUES (7406, 'pNRB1aYqArN');
+ROLLBACK;
+
 DROP TABLE bills, members2;
 DROP TABLE users, invoices, accounts, members, signups, t, payments;

@@ -494,7 +494,6 @@ cello_attribute_trigger(PG_FUNCTION_ARGS)
 	char	   *ucc = source_text(&src[A_UCC], slot);
 	char	   *text;
 
-	celloattr_check_sql_version();
 	if (ucc == NULL || ucc[0] == '\0')
 		return PointerGetDatum(NULL);
 
@@ -533,6 +532,8 @@ cello_attribute_trigger(PG_FUNCTION_ARGS)
 	req.signup_via_api = (text != NULL && text[0] == 't');
 	req.signed_up_at_isnull = true;
 
+	/* only now does the row need the extension's objects */
+	celloattr_check_sql_version();
 	if (check_row(check_attribution, &req, warns(&src[A_INVALID], slot), trigdata, NULL))
 		(void) celloattr_attribute(&req);
 	return PointerGetDatum(NULL);
@@ -617,7 +618,6 @@ cello_transaction_trigger(PG_FUNCTION_ARGS)
 	TransactionRequest *req = &row.req;
 	char	   *why = NULL;
 
-	celloattr_check_sql_version();
 	memset(&row, 0, sizeof(row));
 	row.src = src;
 	row.slot = slot;
@@ -654,6 +654,10 @@ cello_transaction_trigger(PG_FUNCTION_ARGS)
 	 * known, so no value of anybody else's row can fail the write.
 	 */
 	req->new_user_id = source_text(&src[T_USER], slot);
+	if (req->new_user_id == NULL || req->new_user_id[0] == '\0')
+		return PointerGetDatum(NULL);	/* a guest checkout */
+	/* only the lookup below needs the extension's objects */
+	celloattr_check_sql_version();
 	row.attribution_id = celloattr_cello_attribution_of(req->new_user_id);
 	if (row.attribution_id == 0)
 		return PointerGetDatum(NULL);
