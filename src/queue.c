@@ -159,11 +159,11 @@ queue_is_lock_conflict(const ErrorData *error)
 }
 
 /*
- * Whether the extension exists at the library's version; false also after
- * an error (logged).
+ * Whether the extension exists at the library's version (or, with
+ * any_version, at all); false also after an error (logged).
  */
 bool
-queue_extension_ready(void)
+queue_extension_ready(bool any_version)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool ready = false;
@@ -171,7 +171,8 @@ queue_extension_ready(void)
 	PG_TRY();
 	{
 		StartTransactionCommand();
-		ready = celloattr_worker_may_run();
+		ready = any_version ? OidIsValid(get_extension_oid("celloattr", true)) :
+			celloattr_worker_may_run();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(cxt);
 	}

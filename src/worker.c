@@ -423,8 +423,11 @@ record_finished(void)
 	left = record_outcomes(finished);
 	if (left == finished)
 	{
-		/* nothing written: busy tables, unless they are gone */
-		if (queue_extension_ready())
+		/*
+		 * Nothing written: busy tables, or objects of a version the library
+		 * does not know (written once they match), unless they are gone.
+		 */
+		if (queue_extension_ready(true))
 			return false;
 		left = NIL;
 	}
@@ -565,7 +568,7 @@ worker_round(MemoryContext loop_cxt)
 	/* until the first requeue, nothing is claimed: an orphan must not wait behind new work */
 	if (loop.stop_at == 0 &&
 		(!loop.orphans_requeued || (queue_orphans_left() > 0 && now >= loop.next_orphans_at)) &&
-		queue_extension_ready())
+		queue_extension_ready(false))
 	{
 		if (queue_requeue_orphans())
 		{
@@ -719,6 +722,8 @@ celloattr_worker_main(Datum main_arg)
 	 */
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
 	{
+		/* as PostgreSQL's own loops: no context callback of the failed code */
+		error_context_stack = NULL;
 		HOLD_INTERRUPTS();
 		EmitErrorReport();
 		AbortCurrentTransaction();

@@ -45,7 +45,7 @@ extern void queue_commit_synchronously(void);
 extern void queue_commit(void);
 extern ErrorData *queue_recover(MemoryContext cxt);
 extern bool queue_is_lock_conflict(const ErrorData *error);
-extern bool queue_extension_ready(void);
+extern bool queue_extension_ready(bool any_version);
 
 /*
  * A step left 'running' by a worker that stopped is claimed again, unless

@@ -200,4 +200,25 @@ $node->safe_psql($db, qq{UPDATE pg_extension SET extversion = '$default' WHERE e
 ok(wait_all_final($node, 60), 'the work waiting on the unknown version finished once it matched');
 check_stripe_effects($node, 'down', 2);
 
+# An answer that arrives while the objects are at a version the library
+# does not know is kept, and written once they match: its step is neither
+# left running nor sent again.
+fake_seed(stripe_seed('held', 1));
+fake_fault({ provider => 'stripe', method => 'POST', path_regex => '^/v1/customers/cus_held1',
+	action => 'stall', seconds => 1.5, count => 1 });
+queue_stripe($node, 'held', 1);
+$node->poll_query_until($db, q{SELECT count(*) = 1 FROM celloattr.jobs j
+	JOIN celloattr.attributions a ON a.id = j.attribution_id
+	WHERE a.new_user_id = 'user-held1' AND j.kind = 'stripe_customer' AND j.state = 'running'})
+  or die 'the customer step never ran';
+$node->safe_psql($db, q{UPDATE pg_extension SET extversion = '9.9' WHERE extname = 'celloattr'});
+sleep 4;	# the stalled answer came meanwhile
+$node->safe_psql($db, qq{UPDATE pg_extension SET extversion = '$default' WHERE extname = 'celloattr'});
+ok(wait_all_final($node, 60), 'an answer held over an unknown version: the repair finished');
+is($node->safe_psql($db, q{SELECT j.attempts || ' ' || j.interruptions FROM celloattr.jobs j
+	JOIN celloattr.attributions a ON a.id = j.attribution_id
+	WHERE a.new_user_id = 'user-held1' AND j.kind = 'stripe_customer'}), '1 0',
+	'an answer held over an unknown version: written, not run again');
+check_stripe_effects($node, 'held', 1);
+
 done_testing();
