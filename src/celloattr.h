@@ -264,6 +264,9 @@ extern int	celloattr_execute_columns(struct _SPI_plan **cache, const char *sql,
 /* A C string (or NULL) as a text parameter and its null flag. */
 extern Datum celloattr_text_datum(const char *s, char *null);
 
+/* The int8 first column of every row SPI returned, in cxt; *n of them. */
+extern int64 *celloattr_result_int8s(MemoryContext cxt, int *n);
+
 /* The first column of the first row SPI returned, as int8 (0 if NULL). */
 extern int64 celloattr_first_int8(void);
 

@@ -46,20 +46,6 @@ holds_id(const int64 *ids, int n, int64 id)
 	return false;
 }
 
-/* The int8 first column of the SPI result. */
-static int64 *
-result_ids(int *n)
-{
-	int64	   *ids = palloc(Max(SPI_processed, 1) * sizeof(int64));
-	bool		isnull;
-
-	for (uint64 i = 0; i < SPI_processed; i++)
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-	*n = (int) SPI_processed;
-	return ids;
-}
-
 /*
  * Lock the rows of the jobs' steps and attributions that nobody else
  * holds; returns the jobs that may be recorded now, and in *held those
@@ -95,13 +81,13 @@ lock_rows(List *jobs, List **held, MemoryContext keep)
 			" ORDER BY a.id, j.id"
 			"   FOR NO KEY UPDATE OF j SKIP LOCKED FOR UPDATE OF a SKIP LOCKED",
 			&ids, 1, SPI_OK_SELECT);
-	locked = result_ids(&nlocked);
+	locked = celloattr_result_int8s(CurrentMemoryContext, &nlocked);
 	if (nlocked < list_length(jobs))
 	{
 		celloattr_execute_columns(&exists_plan,
 				"SELECT id FROM celloattr.jobs WHERE id = ANY ($1)",
 				&ids, 1, SPI_OK_SELECT);
-		existing = result_ids(&nexisting);
+		existing = celloattr_result_int8s(CurrentMemoryContext, &nexisting);
 	}
 	else
 	{

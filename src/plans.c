@@ -142,6 +142,19 @@ celloattr_text_datum(const char *s, char *null)
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
+int64 *
+celloattr_result_int8s(MemoryContext cxt, int *n)
+{
+	int64	   *values = MemoryContextAlloc(cxt, Max(SPI_processed, 1) * sizeof(int64));
+	bool		isnull;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+		values[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	*n = (int) SPI_processed;
+	return values;
+}
+
 int64
 celloattr_first_int8(void)
 {

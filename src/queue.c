@@ -205,21 +205,6 @@ forget_orphan(int64 id)
 			orphans_left[i] = orphans_left[--norphans_left];
 }
 
-/* The ids of the first column of the SPI result, in TopMemoryContext. */
-static int64 *
-result_ids(int *n)
-{
-	int64	   *ids = MemoryContextAlloc(TopMemoryContext,
-										 Max(SPI_processed, 1) * sizeof(int64));
-	bool		isnull;
-
-	for (uint64 i = 0; i < SPI_processed; i++)
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-	*n = (int) SPI_processed;
-	return ids;
-}
-
 /*
  * Steps left 'running' by a worker that is gone are due again, with the
  * idempotency key they had; a step that was running each of the last
@@ -257,7 +242,7 @@ queue_requeue_orphans(void)
 						"SELECT id FROM celloattr.jobs WHERE state = 'running'",
 						0, NULL);
 				celloattr_execute(orphans_plan, NULL, NULL, SPI_OK_SELECT);
-				found = result_ids(&nfound);
+				found = celloattr_result_int8s(TopMemoryContext, &nfound);
 			}
 			celloattr_columns_init(params, (Oid[]) {INT8OID, TEXTOID}, 2, nfound);
 			for (int i = 0; i < nfound; i++)
@@ -338,7 +323,7 @@ queue_requeue_orphans(void)
 			celloattr_execute_columns(&still_running_plan,
 					"SELECT id FROM celloattr.jobs WHERE id = ANY ($1) AND state = 'running'",
 					&params[0], 1, SPI_OK_SELECT);
-			left = result_ids(&nleft);
+			left = celloattr_result_int8s(TopMemoryContext, &nleft);
 			queue_commit();
 			if (orphans_left)
 				pfree(orphans_left);
@@ -384,7 +369,7 @@ queue_adopt_expired(const int64 *held, int nheld)
 					" WHERE state = 'running' AND NOT (id = ANY ($1))"
 					"   AND (lease_until IS NULL OR lease_until < pg_catalog.now())",
 					&ids, 1, SPI_OK_SELECT);
-			expired = result_ids(&nexpired);
+			expired = celloattr_result_int8s(TopMemoryContext, &nexpired);
 			queue_commit();
 			for (int i = 0; i < nexpired; i++)
 			{
