@@ -108,14 +108,12 @@ BEGIN
 			USING ERRCODE = 'no_data_found';
 	END IF;
 
-	-- only the steps whose request carries no idempotency key were set
-	-- aside unsent-or-not: their kinds (src/job.c's steps that are not
-	-- replay-safe)
+	-- the worker sets aside, with this mark, only a step whose request
+	-- carries no idempotency key and may have arrived (src/job.c)
 	UPDATE celloattr.jobs j
 	   SET state = 'queued', delivered_per = session_user,
 		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
 	 WHERE j.attribution_id = a.id AND j.state = 'failed'
-	   AND j.kind IN ('cello_signup', 'cello_transaction', 'chargebee_redeliver')
 	   AND j.last_error LIKE 'set aside:%';
 	GET DIAGNOSTICS confirmed = ROW_COUNT;
 	IF confirmed = 0 THEN
@@ -137,3 +135,13 @@ COMMENT ON FUNCTION celloattr.mark_delivered(bigint)
 IS 'the provider has the events of the steps set aside for want of an idempotency key: the worker records them as sent, without sending, and carries on';
 REVOKE ALL ON FUNCTION celloattr.mark_delivered(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION celloattr.mark_delivered(bigint) TO celloattr_operator;
+
+/*
+ * A row of the application's that was invalid and had no invoice id
+ * stands for no other row: each one is kept in the support report (1.0
+ * kept the first only).
+ */
+DROP INDEX celloattr.support_items_event;
+CREATE UNIQUE INDEX support_items_event
+	ON celloattr.support_items (attribution_id, trigger, coalesce(invoice_id, ''))
+	WHERE invoice_id IS NOT NULL OR job_id IS NOT NULL;

@@ -161,9 +161,14 @@ CREATE TABLE celloattr.support_items (
 	reason text NOT NULL,
 	created_at timestamptz NOT NULL DEFAULT now()
 );
-/* A step that is run again must not report the same event twice. */
+/*
+ * A step that is run again must not report the same event twice.  A row
+ * of the application's that was invalid and had no invoice id stands for
+ * no other row: each one is kept.
+ */
 CREATE UNIQUE INDEX support_items_event
-	ON celloattr.support_items (attribution_id, trigger, coalesce(invoice_id, ''));
+	ON celloattr.support_items (attribution_id, trigger, coalesce(invoice_id, ''))
+	WHERE invoice_id IS NOT NULL OR job_id IS NOT NULL;
 
 /* Every HTTP exchange of the worker, secrets removed. */
 CREATE TABLE celloattr.http_log (
@@ -341,14 +346,12 @@ BEGIN
 			USING ERRCODE = 'no_data_found';
 	END IF;
 
-	-- only the steps whose request carries no idempotency key were set
-	-- aside unsent-or-not: their kinds (src/job.c's steps that are not
-	-- replay-safe)
+	-- the worker sets aside, with this mark, only a step whose request
+	-- carries no idempotency key and may have arrived (src/job.c)
 	UPDATE celloattr.jobs j
 	   SET state = 'queued', delivered_per = session_user,
 		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
 	 WHERE j.attribution_id = a.id AND j.state = 'failed'
-	   AND j.kind IN ('cello_signup', 'cello_transaction', 'chargebee_redeliver')
 	   AND j.last_error LIKE 'set aside:%';
 	GET DIAGNOSTICS confirmed = ROW_COUNT;
 	IF confirmed = 0 THEN

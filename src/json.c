@@ -44,7 +44,7 @@ integer_fits(void *state, char *token, JsonTokenType type)
 {
 	bool	   *fits = (bool *) state;
 
-	if (type == JSON_TOKEN_NUMBER && strpbrk(token, ".eE") == NULL)
+	if (type == JSON_TOKEN_NUMBER && token != NULL && strpbrk(token, ".eE") == NULL)
 	{
 		errno = 0;
 		(void) strtoll(token, NULL, 10);
@@ -56,7 +56,9 @@ integer_fits(void *state, char *token, JsonTokenType type)
 		if (errno == ERANGE)
 			*fits = false;
 	}
-	pfree(token);
+	/* a string's token is NULL: the lexer keeps no de-escaped copy */
+	if (token != NULL)
+		pfree(token);
 	if (!*fits)
 		return SCALAR_REFUSED;
 	return SCALAR_OK;
