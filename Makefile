@@ -13,6 +13,7 @@ OBJS = \
 	src/validate.o \
 	src/operator.o \
 	src/plans.o \
+	src/trigger_args.o \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \
