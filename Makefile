@@ -24,6 +24,8 @@ OBJS = \
 	src/retention.o \
 	src/http.o \
 	src/job.o \
+	src/eventindex.o \
+	src/sweep.o \
 	src/json.o \
 	src/encode.o \
 	src/stripe.o \

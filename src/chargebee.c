@@ -7,9 +7,11 @@
  *	                       field cf_new_user_id when the site uses custom
  *	                       fields, else by exact email), refuse a
  *	                       conflicting cello_ucc unless forced, write our keys
- *	  chargebee_payments   list payment_succeeded events: those inside the
- *	                       window get a chargebee_redeliver step each, older
- *	                       ones of the customer go to the support report
+ *	  chargebee_payments   the customer's payment_succeeded events inside
+ *	                       the window, from the shared event index
+ *	                       (eventindex.h), get a chargebee_redeliver step
+ *	                       each; older ones (listed only for a customer
+ *	                       created before the window) go to the report
  *	  chargebee_redeliver  POST the event's JSON to Cello's Chargebee webhook
  *	                       with its basic auth (Chargebee has no resend API)
  *
@@ -17,7 +19,7 @@
  * meta_data object is read, our keys merged into it, and the whole object
  * written back.  Every POST carries the step's idempotency key in
  * chargebee-idempotency-key.  GET /events has no customer filter: events
- * are filtered here on the customer they belong to.
+ * are indexed, and listed for the report, by the customer they belong to.
  *
  *-------------------------------------------------------------------------
  */
@@ -27,12 +29,11 @@
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
+#include "eventindex.h"
 #include "json.h"
 #include "providers.h"
 
 #define PAGE_LIMIT "100"
-/* pages of in-window events read before the listing is deemed runaway */
-#define MAX_PAGES 200
 /* pages of older events read for the support report (site-wide listing) */
 #define MAX_OLD_PAGES 20
 /* Chargebee's limits reset after about a minute; Retry-After is not documented */
@@ -44,7 +45,6 @@ typedef enum CbPhase
 	FIND_BY_CUSTOM_FIELD,
 	FIND_BY_EMAIL,
 	UPDATE_CUSTOMER,
-	LIST_RECENT,
 	LIST_OLD
 } CbPhase;
 
@@ -53,7 +53,7 @@ typedef struct CbState
 	CbPhase		phase;
 	char	   *customer;
 	int64		customer_since; /* its created_at (unix s), 0 if unknown */
-	int64		window_start;	/* unix s, fixed for the whole listing */
+	int64		window_start;	/* unix s, fixed for the whole step */
 	int			pages;
 	StringInfoData plan_events; /* JSON array items */
 	StringInfoData plan_too_old;
@@ -362,26 +362,55 @@ const StepOps chargebee_customer_step = {
 
 /* ---------------------------------------------------- chargebee_payments */
 
-/*
- * The payments inside the window, oldest first; then (phase LIST_OLD) the
- * older ones from the customer's creation on, newest first.
- */
+/* GET /events has no customer filter: whose payment an event is */
+static const char *const customer_paths[] = {"content.customer.id",
+	"content.transaction.customer_id", "content.invoice.customer_id", NULL};
+
+/* A listing of payment_succeeded events from filter on. */
+static HttpExchange *
+events_request(Job *job, const char *filter, const char *offset)
+{
+	return chargebee_request(job, "GET",
+							 "/events?event_type%%5Bis%%5D=payment_succeeded&%s&limit=" PAGE_LIMIT "%s%s",
+							 filter, offset ? "&offset=" : "", offset ? url_escape(offset) : "");
+}
+
+/* A page of the site's payments since from, oldest first (the index). */
+static HttpExchange *
+events_page_request(Job *job, int64 from, const char *cursor)
+{
+	return events_request(job,
+						  psprintf("occurred_at%%5Bafter%%5D=%lld&sort_by%%5Basc%%5D=occurred_at",
+								   (long long) from),
+						  cursor);
+}
+
+/* The payments older than the window, from the customer's creation on,
+ * newest first: for the report. */
 static void
-list_events(Job *job, CbPhase phase, const char *offset)
+list_old_events(Job *job, const char *offset)
 {
 	CbState    *st = state_of(job);
-	char	   *filter = phase == LIST_RECENT
-		? psprintf("occurred_at%%5Bafter%%5D=%lld&sort_by%%5Basc%%5D=occurred_at",
-				   (long long) st->window_start)
-		: psprintf("occurred_at%%5Bbetween%%5D=%s&sort_by%%5Bdesc%%5D=occurred_at",
-				   url_escape(psprintf("[%lld,%lld]", (long long) st->customer_since,
-									   (long long) st->window_start)));
 
-	send_in_phase(job, chargebee_request(job, "GET",
-										 "/events?event_type%%5Bis%%5D=payment_succeeded&%s&limit=" PAGE_LIMIT "%s%s",
-										 filter, offset ? "&offset=" : "",
-										 offset ? url_escape(offset) : ""),
-				  phase);
+	send_in_phase(job,
+				  events_request(job,
+								 psprintf("occurred_at%%5Bbetween%%5D=%s&sort_by%%5Bdesc%%5D=occurred_at",
+										  url_escape(psprintf("[%lld,%lld]", (long long) st->customer_since,
+															  (long long) st->window_start))),
+								 offset),
+				  LIST_OLD);
+}
+
+/* The plan: what is re-delivered (or would be), what goes to the report. */
+static void
+plan_payments(Job *job, CbState *st, bool cut_short)
+{
+	job->plan = psprintf("{\"%s\": [%s], \"too_old_for_redelivery\": [%s]%s}",
+						 job->dry_run ? "would_redeliver_events" : "redeliver_events",
+						 st->plan_events.data, st->plan_too_old.data,
+						 cut_short ? psprintf(", \"older_payments_not_all_listed\": \"stopped after %d pages\"",
+											  MAX_OLD_PAGES) : "");
+	job_done(job);
 }
 
 static void
@@ -395,9 +424,32 @@ payments_start(Job *job)
 	st->window_start = (int64) timestamptz_to_time_t(job_window_start());
 	json_object_put(payload);
 	if (st->customer == NULL)
+	{
 		job_fail(job, "chargebee_payments step without a customer in its payload");
+		return;
+	}
+	if (!sweep_ready(job))
+		return;
+
+	/* the index covers the site up to the moment this step was queued; oldest first */
+	for (int i = list_length(job->index->events) - 1; i >= 0; i--)
+	{
+		IndexedEvent *e = list_nth(job->index->events, i);
+
+		/* older ones are listed with the customer's others, below */
+		if (e->occurred_at <= st->window_start)
+			continue;
+		/* the event itself is the payload: it is re-posted unchanged */
+		job_follow_up(job, "chargebee_redeliver",
+					  psprintf("{\"event\": %s}", e->body), e->id, true);
+		appendStringInfo(&st->plan_events, "%s%s", st->plan_events.len ? ", " : "",
+						 json_quote(e->id));
+	}
+	/* a customer created inside the window paid nothing before it */
+	if (st->customer_since > 0 && st->customer_since >= st->window_start)
+		plan_payments(job, st, false);
 	else
-		list_events(job, LIST_RECENT, NULL);
+		list_old_events(job, NULL);
 }
 
 /* A payment too old to replay: to the report with its event's fields. */
@@ -446,13 +498,10 @@ report_payment(Job *job, struct json_object *event, int64 occurred_at)
 					 json_quote(json_string_at(event, "id") ? json_string_at(event, "id") : "?"));
 }
 
-/* The customer's events of one page: replay the recent, report the old. */
+/* The customer's events of a page of older payments: to the report. */
 static void
-read_events(Job *job, CbState *st, struct json_object *list)
+read_old_events(Job *job, CbState *st, struct json_object *list)
 {
-	/* GET /events has no customer filter: whose payment it is */
-	static const char *const customer_paths[] = {"content.customer.id",
-		"content.transaction.customer_id", "content.invoice.customer_id", NULL};
 	size_t		n = json_object_array_length(list);
 
 	for (size_t i = 0; i < n; i++)
@@ -461,19 +510,9 @@ read_events(Job *job, CbState *st, struct json_object *list)
 		char	   *id = json_string_at(event, "id");
 		int64		occurred_at = 0;
 
-		if (id == NULL || !same(json_first_string(event, customer_paths), st->customer) ||
-			!json_int_at(event, "occurred_at", &occurred_at))
-			continue;
-		if (st->phase == LIST_OLD || occurred_at <= st->window_start)
-		{
+		if (id != NULL && same(json_first_string(event, customer_paths), st->customer) &&
+			json_int_at(event, "occurred_at", &occurred_at))
 			report_payment(job, event, occurred_at);
-			continue;
-		}
-		/* the event itself is the payload: it is re-posted unchanged */
-		job_follow_up(job, "chargebee_redeliver",
-					  psprintf("{\"event\": %s}", json_text(event)), id, true);
-		appendStringInfo(&st->plan_events, "%s%s", st->plan_events.len ? ", " : "",
-						 json_quote(id));
 	}
 }
 
@@ -485,6 +524,8 @@ payments_response(Job *job, HttpExchange *ex)
 	struct json_object *list;
 	char	   *next;
 
+	if (sweep_on_response(job, ex))
+		return;
 	if (!job_response_ok(job, ex, CHARGEBEE_RETRY_AFTER, chargebee_message))
 		return;
 	answer = json_parse(ex->response);
@@ -495,40 +536,55 @@ payments_response(Job *job, HttpExchange *ex)
 		json_object_put(answer);
 		return;
 	}
-	if (++st->pages > MAX_PAGES)
-	{
-		job_fail(job, "Chargebee kept paging past %d pages of %s", MAX_PAGES, ex->url);
-		json_object_put(answer);
-		return;
-	}
-	read_events(job, st, list);
+	st->pages++;
+	read_old_events(job, st, list);
 	next = json_string_at(answer, "next_offset");
 	json_object_put(answer);
 
-	if (st->phase == LIST_RECENT && next)
-		list_events(job, LIST_RECENT, next);
-	else if (st->phase == LIST_RECENT)
-	{
-		st->pages = 0;
-		list_events(job, LIST_OLD, NULL);
-	}
-	else if (next && st->pages < MAX_OLD_PAGES)
-		list_events(job, LIST_OLD, next);
+	if (next && st->pages < MAX_OLD_PAGES)
+		list_old_events(job, next);
 	else
-	{
-		job->plan = psprintf("{\"%s\": [%s], \"too_old_for_redelivery\": [%s]%s}",
-							 job->dry_run ? "would_redeliver_events" : "redeliver_events",
-							 st->plan_events.data, st->plan_too_old.data,
-							 next ? psprintf(", \"older_payments_not_all_listed\": \"stopped after %d pages\"",
-											 MAX_OLD_PAGES) : "");
-		job_done(job);
-	}
+		plan_payments(job, st, next != NULL);
 }
+
+/* The payment_succeeded events of a page, for the index. */
+static bool
+read_events_page(struct json_object *answer, IndexPage *page)
+{
+	struct json_object *list = json_at(answer, "list");
+	size_t		n;
+
+	if (list == NULL || !json_object_is_type(list, json_type_array))
+		return false;
+	n = json_object_array_length(list);
+	for (size_t i = 0; i < n; i++)
+	{
+		struct json_object *event = json_at(json_object_array_get_idx(list, i), "event");
+		IndexedEvent *e = palloc0(sizeof(IndexedEvent));
+
+		e->id = json_string_at(event, "id");
+		e->customer = json_first_string(event, customer_paths);
+		e->invoice = json_string_at(event, "content.invoice.id");
+		if (e->id && e->customer && json_int_at(event, "occurred_at", &e->occurred_at))
+		{
+			e->body = json_text(event);
+			page->events = lappend(page->events, e);
+		}
+	}
+	page->next_cursor = json_string_at(answer, "next_offset");
+	return true;
+}
+
+static const IndexSource chargebee_index = {
+	.provider = "chargebee", .events = "Chargebee's payment_succeeded events",
+	.min_interval = 10, .retry_after = CHARGEBEE_RETRY_AFTER, .message = chargebee_message,
+	.page_request = events_page_request, .read_page = read_events_page
+};
 
 const StepOps chargebee_payments_step = {
 	.kind = "chargebee_payments", .provider = "chargebee",
 	.start = payments_start, .on_response = payments_response,
-	.replay_safe = true
+	.replay_safe = true, .index = &chargebee_index
 };
 
 /* --------------------------------------------------- chargebee_redeliver */

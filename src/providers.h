@@ -14,6 +14,14 @@
 
 #include "job.h"
 
+/*
+ * Stripe's search API allows 20 reads a second, whatever the account's
+ * limit: search requests are paced by this bucket too (worker.c), at 18 a
+ * second, so that no second holds more than 20 with a burst of one.
+ */
+#define STRIPE_SEARCH_PACE "stripe search"
+#define STRIPE_SEARCH_RATE 18.0
+
 /* stripe.c */
 extern const StepOps stripe_customer_step;
 extern const StepOps stripe_payments_step;

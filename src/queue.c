@@ -44,6 +44,7 @@
 
 #include "celloattr.h"
 #include "dbtext.h"
+#include "eventindex.h"
 #include "record.h"
 #include "worker.h"
 
@@ -502,6 +503,7 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 	bool		isnull;
 	Datum		d;
 	Oid			extension;
+	ListCell   *lc;
 
 	if (!queue_begin("claiming due steps"))
 		return NIL;
@@ -560,6 +562,15 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 			durable = true;
 	}
 
+	/* payment steps: where the event index stands for each (its own statements) */
+	foreach(lc, jobs)
+	{
+		Job		   *job = lfirst(lc);
+
+		if (job->ops && job->ops->index && job->verdict == JOB_RUNNING)
+			index_attach(job);
+	}
+
 	/* after a full claim the worker claims again as soon as it has room */
 	if (list_length(jobs) < max_jobs)
 	{
@@ -594,7 +605,8 @@ claim(int max_jobs, MemoryContext jobs_cxt, double *next_due)
 
 /*
  * Claim up to max_jobs due steps (state 'running', one more attempt, a
- * lease) and commit.  *next_due is set to the seconds until the next queued
+ * lease) and commit; a payment step also reads, in the same transaction,
+ * where the shared event index stands for it (eventindex.c).  *next_due is set to the seconds until the next queued
  * step falls due, or -1: none, or the claim was full.  Nothing is claimed
  * after an error (logged): the caller tries again later.
  *

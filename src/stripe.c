@@ -6,9 +6,10 @@
  *	  stripe_customer  find the customer (by id, else metadata new_user_id
  *	                   search, else exact email), refuse a conflicting
  *	                   cello_ucc unless forced, set the metadata keys
- *	  stripe_payments  list the customer's invoice.paid events inside the
- *	                   window and its paid invoices; older ones go to the
- *	                   support report, each event gets a stripe_resend step
+ *	  stripe_payments  the customer's invoice.paid events inside the window,
+ *	                   from the shared event index (eventindex.h), each to
+ *	                   a stripe_resend step; its paid invoices older than
+ *	                   the window go to the support report
  *	  stripe_resend    POST /v1/events/{id}/retry to Cello's endpoint
  *
  * Stripe merges metadata keys on update, so only our keys are sent and
@@ -23,12 +24,15 @@
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
+#include "eventindex.h"
 #include "json.h"
 #include "providers.h"
 
 #define PAGE_LIMIT "100"
-/* pages read before a listing is deemed runaway */
+/* pages of one customer's invoices read before the listing is deemed runaway */
 #define MAX_PAGES 200
+/* Stripe lists (and resends) the events of the last 30 days only */
+#define EVENT_RETENTION_SECONDS (30 * SECS_PER_DAY)
 /* Stripe documents no Retry-After default; back off a second */
 #define STRIPE_RETRY_AFTER 1.0
 
@@ -38,7 +42,6 @@ typedef enum StripePhase
 	FIND_BY_METADATA,
 	FIND_BY_EMAIL,
 	UPDATE_METADATA,
-	LIST_EVENTS,
 	LIST_INVOICES,
 	RESEND
 } StripePhase;
@@ -47,16 +50,11 @@ typedef struct StripeState
 {
 	StripePhase phase;
 	char	   *customer;
+	int64		customer_since; /* its created (unix s), 0 if unknown */
 	int			pages;
-	List	   *events;			/* StripeEvent * inside the window */
+	List	   *events;			/* IndexedEvent * inside the window */
 	StringInfoData plan_too_old;	/* JSON array items */
 } StripeState;
-
-typedef struct StripeEvent
-{
-	char	   *id;
-	char	   *invoice;
-} StripeEvent;
 
 static char *
 stripe_message(const char *body)
@@ -130,6 +128,8 @@ find_by_metadata(Job *job)
 						url_escape(query));
 	if (ex)
 	{
+		/* search has a limit of its own, below the account's */
+		ex->pace_also = STRIPE_SEARCH_PACE;
 		state_of(job)->phase = FIND_BY_METADATA;
 		job_send(job, ex);
 	}
@@ -166,6 +166,20 @@ customer_start(Job *job)
 		find_by_metadata(job);
 }
 
+/* The customer carries the referral: its payments follow, with when it
+ * was created (so that they know whether any can be older than the window). */
+static void
+follow_with_payments(Job *job)
+{
+	StripeState *st = state_of(job);
+
+	job_follow_up(job, "stripe_payments",
+				  psprintf("{\"customer\": %s, \"customer_since\": %lld}",
+						   json_quote(st->customer), (long long) st->customer_since),
+				  NULL, false);
+	job_done(job);
+}
+
 /*
  * The customer is known: refuse a conflicting referral unless forced, then
  * set our keys (or, in a dry run, only say what would be set).
@@ -192,6 +206,7 @@ attach_referral(Job *job, struct json_object *customer)
 	}
 	job->found_customer = id;
 	state_of(job)->customer = id;
+	(void) json_int_at(customer, "created", &state_of(job)->customer_since);
 	already = same(current, job->ucc) &&
 		same(json_string_at(customer, "metadata.new_user_id"), job->new_user_id) &&
 		(job->organization_id == NULL ||
@@ -203,9 +218,7 @@ attach_referral(Job *job, struct json_object *customer)
 		job->plan = psprintf("{\"customer\": %s, \"current_cello_ucc\": %s, \"metadata\": %s}",
 							 json_quote(id), current ? json_quote(current) : "null",
 							 already ? "\"already set\"" : "\"would be set\"");
-		job_follow_up(job, "stripe_payments",
-					  psprintf("{\"customer\": %s}", json_quote(id)), NULL, false);
-		job_done(job);
+		follow_with_payments(job);
 		return;
 	}
 
@@ -276,10 +289,7 @@ customer_response(Job *job, HttpExchange *ex)
 			{
 				job->plan = psprintf("{\"customer\": %s, \"metadata\": \"set\"}",
 									 json_quote(st->customer));
-				job_follow_up(job, "stripe_payments",
-							  psprintf("{\"customer\": %s}", json_quote(st->customer)),
-							  NULL, false);
-				job_done(job);
+				follow_with_payments(job);
 			}
 			break;
 		default:
@@ -296,20 +306,14 @@ const StepOps stripe_customer_step = {
 
 /* ------------------------------------------------------ stripe_payments */
 
-static void
-list_events(Job *job, const char *starting_after)
+/* A page of the account's invoice.paid events, newest first (the index). */
+static HttpExchange *
+events_page_request(Job *job, int64 from, const char *cursor)
 {
-	HttpExchange *ex = stripe_request(job, "GET",
-									  "/v1/events?type=invoice.paid&created%%5Bgte%%5D=%lld&limit=" PAGE_LIMIT "%s%s",
-									  (long long) timestamptz_to_time_t(job_window_start()),
-									  starting_after ? "&starting_after=" : "",
-									  starting_after ? url_escape(starting_after) : "");
-
-	if (ex)
-	{
-		state_of(job)->phase = LIST_EVENTS;
-		job_send(job, ex);
-	}
+	return stripe_request(job, "GET",
+						  "/v1/events?type=invoice.paid&created%%5Bgte%%5D=%lld&limit=" PAGE_LIMIT "%s%s",
+						  (long long) from, cursor ? "&starting_after=" : "",
+						  cursor ? url_escape(cursor) : "");
 }
 
 static void
@@ -327,19 +331,6 @@ list_invoices(Job *job, const char *starting_after)
 		st->phase = LIST_INVOICES;
 		job_send(job, ex);
 	}
-}
-
-static void
-payments_start(Job *job)
-{
-	StripeState *st = state_of(job);
-
-	st->customer = job_payload_string(job, "customer");
-	initStringInfo(&st->plan_too_old);
-	if (st->customer == NULL)
-		job_fail(job, "stripe_payments step without a customer in its payload");
-	else
-		list_events(job, NULL);
 }
 
 /* Cello's interval for a Stripe recurring price (or plan). */
@@ -417,35 +408,13 @@ list_has_more(struct json_object *answer)
 	return json_bool_at(answer, "has_more", &more) && more;
 }
 
-/* invoice.paid events of our customer, one page at a time. */
-static void
-read_events(Job *job, StripeState *st, struct json_object *data)
-{
-	size_t		n = json_object_array_length(data);
-
-	for (size_t i = 0; i < n; i++)
-	{
-		struct json_object *event = json_object_array_get_idx(data, i);
-		char	   *customer = json_string_at(event, "data.object.customer");
-		StripeEvent *e;
-
-		if (!same(customer, st->customer))
-			continue;
-		e = palloc0(sizeof(StripeEvent));
-		e->id = json_string_at(event, "id");
-		e->invoice = json_string_at(event, "data.object.id");
-		if (e->id)
-			st->events = lappend(st->events, e);
-	}
-}
-
 static bool
 has_event_for(StripeState *st, const char *invoice)
 {
 	ListCell   *lc;
 
 	foreach(lc, st->events)
-		if (same(((StripeEvent *) lfirst(lc))->invoice, invoice))
+		if (same(((IndexedEvent *) lfirst(lc))->invoice, invoice))
 			return true;
 	return false;
 }
@@ -453,11 +422,14 @@ has_event_for(StripeState *st, const char *invoice)
 /*
  * Paid invoices: older than the window, or paid inside it but without an
  * event Stripe still lists (it keeps events 30 days), go to the report.
+ * One paid after the index's coverage ends was paid after the customer got
+ * the referral: Cello has seen it already.
  */
 static void
 read_invoices(Job *job, StripeState *st, struct json_object *data)
 {
 	int64		window_start = (int64) timestamptz_to_time_t(job_window_start());
+	int64		covered_until = (int64) timestamptz_to_time_t(job->index->covered_until);
 	size_t		n = json_object_array_length(data);
 
 	for (size_t i = 0; i < n; i++)
@@ -468,6 +440,8 @@ read_invoices(Job *job, StripeState *st, struct json_object *data)
 
 		if (!json_int_at(invoice, "status_transitions.paid_at", &paid_at) &&
 			!json_int_at(invoice, "created", &paid_at))
+			continue;
+		if (paid_at >= covered_until)
 			continue;
 		if (paid_at < window_start)
 			report_invoice(job, invoice, paid_at, job_too_old_reason());
@@ -487,7 +461,7 @@ plan_resends(Job *job, StripeState *st)
 	initStringInfo(&plan);
 	foreach(lc, st->events)
 	{
-		StripeEvent *e = lfirst(lc);
+		IndexedEvent *e = lfirst(lc);
 
 		job_follow_up(job, "stripe_resend",
 					  psprintf("{\"event\": %s, \"invoice\": %s, \"customer\": %s}",
@@ -501,6 +475,59 @@ plan_resends(Job *job, StripeState *st)
 						 plan.data, st->plan_too_old.data);
 }
 
+/*
+ * Whether the customer's paid invoices must be listed: only one created
+ * before the window, or before the events Stripe still lists, can have a
+ * payment that no indexed event stands for.
+ */
+static bool
+invoices_needed(StripeState *st)
+{
+	int64		now = (int64) timestamptz_to_time_t(GetCurrentTimestamp());
+	int64		window_start = (int64) timestamptz_to_time_t(job_window_start());
+
+	return st->customer_since <= 0 || st->customer_since < window_start ||
+		st->customer_since < now - EVENT_RETENTION_SECONDS;
+}
+
+static void
+payments_start(Job *job)
+{
+	StripeState *st = state_of(job);
+	struct json_object *payload = json_parse(job->payload);
+	TimestampTz window_start = job_window_start();
+	ListCell   *lc;
+
+	st->customer = json_string_at(payload, "customer");
+	(void) json_int_at(payload, "customer_since", &st->customer_since);
+	json_object_put(payload);
+	initStringInfo(&st->plan_too_old);
+	if (st->customer == NULL)
+	{
+		job_fail(job, "stripe_payments step without a customer in its payload");
+		return;
+	}
+	if (!sweep_ready(job))
+		return;
+
+	/* the index covers the account up to the moment this step was queued */
+	foreach(lc, job->index->events)
+	{
+		IndexedEvent *e = lfirst(lc);
+
+		if (time_t_to_timestamptz((pg_time_t) e->occurred_at) >= window_start)
+			st->events = lappend(st->events, e);
+	}
+	if (invoices_needed(st))
+		list_invoices(job, NULL);
+	else
+	{
+		plan_resends(job, st);
+		job_done(job);
+	}
+}
+
+/* The customer's paid invoices, one page at a time. */
 static void
 payments_response(Job *job, HttpExchange *ex)
 {
@@ -508,6 +535,8 @@ payments_response(Job *job, HttpExchange *ex)
 	struct json_object *answer;
 	struct json_object *data;
 
+	if (sweep_on_response(job, ex))
+		return;
 	if (!job_response_ok(job, ex, STRIPE_RETRY_AFTER, stripe_message))
 		return;
 	answer = json_parse(ex->response);
@@ -524,33 +553,52 @@ payments_response(Job *job, HttpExchange *ex)
 		json_object_put(answer);
 		return;
 	}
-
-	if (st->phase == LIST_EVENTS)
-	{
-		read_events(job, st, data);
-		if (list_has_more(answer) && last_id(data))
-			list_events(job, last_id(data));
-		else
-			list_invoices(job, NULL);
-	}
+	read_invoices(job, st, data);
+	if (list_has_more(answer) && last_id(data))
+		list_invoices(job, last_id(data));
 	else
 	{
-		read_invoices(job, st, data);
-		if (list_has_more(answer) && last_id(data))
-			list_invoices(job, last_id(data));
-		else
-		{
-			plan_resends(job, st);
-			job_done(job);
-		}
+		plan_resends(job, st);
+		job_done(job);
 	}
 	json_object_put(answer);
 }
 
+/* The invoice.paid events of a page, for the index. */
+static bool
+read_events_page(struct json_object *answer, IndexPage *page)
+{
+	struct json_object *data = json_at(answer, "data");
+	size_t		n;
+
+	if (data == NULL || !json_object_is_type(data, json_type_array))
+		return false;
+	n = json_object_array_length(data);
+	for (size_t i = 0; i < n; i++)
+	{
+		struct json_object *event = json_object_array_get_idx(data, i);
+		IndexedEvent *e = palloc0(sizeof(IndexedEvent));
+
+		e->id = json_string_at(event, "id");
+		e->customer = json_string_at(event, "data.object.customer");
+		e->invoice = json_string_at(event, "data.object.id");
+		if (e->id && e->customer && json_int_at(event, "created", &e->occurred_at))
+			page->events = lappend(page->events, e);
+	}
+	page->next_cursor = list_has_more(answer) ? last_id(data) : NULL;
+	return true;
+}
+
+static const IndexSource stripe_index = {
+	.provider = "stripe", .events = "Stripe's invoice.paid events",
+	.min_interval = 1, .retry_after = STRIPE_RETRY_AFTER, .message = stripe_message,
+	.page_request = events_page_request, .read_page = read_events_page
+};
+
 const StepOps stripe_payments_step = {
 	.kind = "stripe_payments", .provider = "stripe",
 	.start = payments_start, .on_response = payments_response,
-	.replay_safe = true
+	.replay_safe = true, .index = &stripe_index
 };
 
 /* -------------------------------------------------------- stripe_resend */

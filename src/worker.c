@@ -11,8 +11,10 @@
  * celloattr.poll_interval passes, whichever is first.
  *
  * Requests wait for a token of their provider's bucket before they go out,
- * so a backlog never exceeds the configured rate; a 429 also closes the
- * provider's bucket until its Retry-After has passed.
+ * so a backlog never exceeds the configured rate; a request to an endpoint
+ * with a limit of its own (Stripe's search) waits for a token of that
+ * bucket too.  A 429 also closes the provider's bucket until its
+ * Retry-After has passed.
  *
  * Every deadline is kept as a point in time and checked on each round,
  * whatever woke the worker: a steady stream of commits setting the latch
@@ -51,6 +53,7 @@
 
 #include "celloattr.h"
 #include "http.h"
+#include "providers.h"
 #include "record.h"
 #include "worker.h"
 
@@ -79,10 +82,14 @@ typedef struct Pace
 	TimestampTz closed_until;	/* after a 429 */
 } Pace;
 
+/* an endpoint's own limit, not a setting: pacing off does not lift it */
+static double stripe_search_rate = STRIPE_SEARCH_RATE;
+
 static Pace paces[] = {
 	{"stripe", &celloattr_stripe_rate_limit, false, 0, 0, 0},
 	{"chargebee", &celloattr_chargebee_rate_limit, true, 0, 0, 0},
 	{"cello", &celloattr_cello_rate_limit, false, 0, 0, 0},
+	{STRIPE_SEARCH_PACE, &stripe_search_rate, false, 0, 0, 0},
 };
 
 static HttpEngine *engine = NULL;
@@ -108,20 +115,17 @@ rate_per_second(Pace *p)
 	return p->per_minute ? *p->limit / 60.0 : *p->limit;
 }
 
-/* Take a token if one is there; otherwise say how many ms until one is. */
-static bool
-pace_take(Pace *p, TimestampTz now, long *wait_ms)
+/* Ms until the bucket has a token (0: it has one now), refilled up to now. */
+static long
+pace_wait(Pace *p, TimestampTz now)
 {
 	double		rate = rate_per_second(p);
 	double		burst;
 
 	if (now < p->closed_until)
-	{
-		*wait_ms = (long) ((p->closed_until - now) / 1000) + 1;
-		return false;
-	}
+		return (long) ((p->closed_until - now) / 1000) + 1;
 	if (rate <= 0)
-		return true;			/* pacing off */
+		return 0;				/* pacing off */
 	/* a tenth of a second's worth: bursts stay short */
 	burst = Max(1.0, rate / 10.0);
 	if (p->refilled_at == 0)
@@ -130,12 +134,38 @@ pace_take(Pace *p, TimestampTz now, long *wait_ms)
 		p->tokens = Min(burst, p->tokens + rate * (now - p->refilled_at) / 1e6);
 	p->refilled_at = now;
 	if (p->tokens >= 1.0)
-	{
+		return 0;
+	return (long) ((1.0 - p->tokens) / rate * 1000.0) + 1;
+}
+
+static void
+pace_spend(Pace *p)
+{
+	if (rate_per_second(p) > 0)
 		p->tokens -= 1.0;
-		return true;
+}
+
+/*
+ * Take a token of each bucket the request is paced by if each has one;
+ * otherwise say how many ms until they all do.
+ */
+static bool
+pace_take(Pace *p, Pace *also, TimestampTz now, long *wait_ms)
+{
+	long		wait = p ? pace_wait(p, now) : 0;
+
+	if (also)
+		wait = Max(wait, pace_wait(also, now));
+	if (wait > 0)
+	{
+		*wait_ms = wait;
+		return false;
 	}
-	*wait_ms = (long) ((1.0 - p->tokens) / rate * 1000.0) + 1;
-	return false;
+	if (p)
+		pace_spend(p);
+	if (also)
+		pace_spend(also);
+	return true;
 }
 
 /* The list of finished steps outlives every job's and loop's memory. */
@@ -185,9 +215,9 @@ static bool
 try_send(Job *job, TimestampTz now, long *wait_ms)
 {
 	HttpExchange *ex = job->pending;
-	Pace	   *pace = pace_of(ex->provider);
+	Pace	   *also = ex->pace_also ? pace_of(ex->pace_also) : NULL;
 
-	if (pace && !pace_take(pace, now, wait_ms))
+	if (!pace_take(pace_of(ex->provider), also, now, wait_ms))
 		return false;
 	job->pending = NULL;
 	if (!celloattr_allow_http && pg_strncasecmp(ex->url, "http://", 7) == 0)
