@@ -16,6 +16,7 @@ OBJS = \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \
+	src/pace.o \
 	src/queue.o \
 	src/record.o \
 	src/dbtext.o \

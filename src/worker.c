@@ -10,11 +10,9 @@
  * in flight.  Idle, the worker sleeps until the next retry falls due or
  * celloattr.poll_interval passes, whichever is first.
  *
- * Requests wait for a token of their provider's bucket before they go out,
- * so a backlog never exceeds the configured rate; a request to an endpoint
- * with a limit of its own (Stripe's search) waits for a token of that
- * bucket too.  A 429 also closes the provider's bucket until its
- * Retry-After has passed.
+ * Requests wait for a token of their provider's bucket before they go out
+ * (pace.c), so a backlog never exceeds the configured rate; a 429 also
+ * closes the provider's bucket until its Retry-After has passed.
  *
  * Every deadline is kept as a point in time and checked on each round,
  * whatever woke the worker: a steady stream of commits setting the latch
@@ -53,7 +51,6 @@
 
 #include "celloattr.h"
 #include "http.h"
-#include "providers.h"
 #include "record.h"
 #include "worker.h"
 
@@ -72,26 +69,6 @@
 /* The longest a stopping worker waits for its transfers in flight. */
 #define STOP_GRACE_MS 5000
 
-typedef struct Pace
-{
-	const char *provider;
-	double	   *limit;			/* the setting */
-	bool		per_minute;
-	double		tokens;
-	TimestampTz refilled_at;
-	TimestampTz closed_until;	/* after a 429 */
-} Pace;
-
-/* an endpoint's own limit, not a setting: pacing off does not lift it */
-static double stripe_search_rate = STRIPE_SEARCH_RATE;
-
-static Pace paces[] = {
-	{"stripe", &celloattr_stripe_rate_limit, false, 0, 0, 0},
-	{"chargebee", &celloattr_chargebee_rate_limit, true, 0, 0, 0},
-	{"cello", &celloattr_cello_rate_limit, false, 0, 0, 0},
-	{STRIPE_SEARCH_PACE, &stripe_search_rate, false, 0, 0, 0},
-};
-
 static HttpEngine *engine = NULL;
 static MemoryContext jobs_cxt = NULL;
 static dlist_head waiting_for_pace = DLIST_STATIC_INIT(waiting_for_pace);
@@ -99,74 +76,6 @@ static dlist_head running_jobs = DLIST_STATIC_INIT(running_jobs);
 static List *finished = NIL;
 static int	running = 0;		/* claimed steps not finished: each holds a
 								 * transfer (in flight or waiting for pace) */
-
-static Pace *
-pace_of(const char *provider)
-{
-	for (size_t i = 0; i < lengthof(paces); i++)
-		if (strcmp(paces[i].provider, provider) == 0)
-			return &paces[i];
-	return NULL;
-}
-
-static double
-rate_per_second(Pace *p)
-{
-	return p->per_minute ? *p->limit / 60.0 : *p->limit;
-}
-
-/* Ms until the bucket has a token (0: it has one now), refilled up to now. */
-static long
-pace_wait(Pace *p, TimestampTz now)
-{
-	double		rate = rate_per_second(p);
-	double		burst;
-
-	if (now < p->closed_until)
-		return (long) ((p->closed_until - now) / 1000) + 1;
-	if (rate <= 0)
-		return 0;				/* pacing off */
-	/* a tenth of a second's worth: bursts stay short */
-	burst = Max(1.0, rate / 10.0);
-	if (p->refilled_at == 0)
-		p->tokens = burst;
-	else
-		p->tokens = Min(burst, p->tokens + rate * (now - p->refilled_at) / 1e6);
-	p->refilled_at = now;
-	if (p->tokens >= 1.0)
-		return 0;
-	return (long) ((1.0 - p->tokens) / rate * 1000.0) + 1;
-}
-
-static void
-pace_spend(Pace *p)
-{
-	if (rate_per_second(p) > 0)
-		p->tokens -= 1.0;
-}
-
-/*
- * Take a token of each bucket the request is paced by if each has one;
- * otherwise say how many ms until they all do.
- */
-static bool
-pace_take(Pace *p, Pace *also, TimestampTz now, long *wait_ms)
-{
-	long		wait = p ? pace_wait(p, now) : 0;
-
-	if (also)
-		wait = Max(wait, pace_wait(also, now));
-	if (wait > 0)
-	{
-		*wait_ms = wait;
-		return false;
-	}
-	if (p)
-		pace_spend(p);
-	if (also)
-		pace_spend(also);
-	return true;
-}
 
 /* The list of finished steps outlives every job's and loop's memory. */
 static void
@@ -215,9 +124,8 @@ static bool
 try_send(Job *job, TimestampTz now, long *wait_ms)
 {
 	HttpExchange *ex = job->pending;
-	Pace	   *also = ex->pace_also ? pace_of(ex->pace_also) : NULL;
 
-	if (!pace_take(pace_of(ex->provider), also, now, wait_ms))
+	if (!pace_take(ex, now, wait_ms))
 		return false;
 	job->pending = NULL;
 	if (!celloattr_allow_http && pg_strncasecmp(ex->url, "http://", 7) == 0)
@@ -325,13 +233,8 @@ exchange_done(HttpExchange *ex)
 	{
 		run_step_code(job, ex);
 		if (job->verdict == JOB_SNOOZE)
-		{
-			Pace	   *pace = pace_of(ex->provider);
-
-			if (pace)
-				pace->closed_until = GetCurrentTimestamp() +
-					(TimestampTz) (job->snooze_seconds * 1e6);
-		}
+			pace_close(ex->provider, GetCurrentTimestamp() +
+					   (TimestampTz) (job->snooze_seconds * 1e6));
 	}
 	advance(job);
 	MemoryContextSwitchTo(old);
@@ -358,7 +261,7 @@ expire_lease(Job *job, TimestampTz now)
 
 	if (ex != NULL)
 	{
-		Pace	   *pace = pace_of(ex->provider);
+		TimestampTz closed_until = pace_closed_until(ex->provider);
 
 		dlist_delete(&job->node);
 		job->pending = NULL;
@@ -370,8 +273,7 @@ expire_lease(Job *job, TimestampTz now)
 		else
 		{
 			job->verdict = JOB_SNOOZE;
-			job->snooze_seconds = pace && pace->closed_until > now ?
-				(pace->closed_until - now) / 1e6 : 0;
+			job->snooze_seconds = closed_until > now ? (closed_until - now) / 1e6 : 0;
 			job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
 		}
 	}

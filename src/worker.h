@@ -66,6 +66,17 @@ extern void queue_plan_lookups_by_key(void);
  * least a request's timeout). */
 extern int	worker_lease_seconds(void);
 
+/*
+ * pace.c: a token bucket per provider (its rate setting) and per endpoint
+ * limit of its own.  pace_take() takes a token of each bucket the request
+ * is paced by, or says how many ms until it may; a 429 closes the
+ * provider's bucket until a point in time (a later one, if it was closed
+ * already).
+ */
+extern bool pace_take(const HttpExchange *exchange, TimestampTz now, long *wait_ms);
+extern void pace_close(const char *provider, TimestampTz until);
+extern TimestampTz pace_closed_until(const char *provider);
+
 /* retention.c: deletes rows older than celloattr.retention, a batch at a
  * time; true if more may be left. */
 extern bool retention_prune(void);
