@@ -30,7 +30,9 @@ OBJS = \
 	src/json.o \
 	src/encode.o \
 	src/stripe.o \
+	src/stripe_payments.o \
 	src/chargebee.o \
+	src/chargebee_payments.o \
 	src/cello.o \
 	src/version.o
 
