@@ -373,7 +373,8 @@ insert_events(const char *provider, IndexPage *page)
 							 TimestampTzGetDatum(time_t_to_timestamptz((pg_time_t) e->occurred_at)),
 							 false);
 		celloattr_column_text(&cols[4], db_text(e->invoice));
-		celloattr_column_text(&cols[5], db_text(e->body));
+		/* valid JSON in any encoding: it becomes a step's jsonb payload */
+		celloattr_column_text(&cols[5], db_json(e->body));
 	}
 	celloattr_execute_columns(&insert_plan,
 			"INSERT INTO celloattr.payment_events (provider, event_id, customer_id, occurred_at,"
