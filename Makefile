@@ -18,6 +18,7 @@ OBJS = \
 	src/worker.o \
 	src/pace.o \
 	src/queue.o \
+	src/orphans.o \
 	src/record.o \
 	src/dbtext.o \
 	src/outcomes.o \

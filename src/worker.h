@@ -54,13 +54,20 @@ extern bool queue_extension_ready(bool any_version);
  * look at and retry().
  */
 #define STOPS_BEFORE_SET_ASIDE 3
-extern bool queue_requeue_orphans(void);
-extern int	queue_orphans_left(void);
-extern void queue_adopt_expired(const int64 *held, int nheld);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 
 /* For the rest of the transaction, plan index lookups only. */
 extern void queue_plan_lookups_by_key(void);
+
+/*
+ * orphans.c: steps shown 'running' that no worker holds, requeued under
+ * their keys (or set aside).  queue_adopt_expired() makes orphans of those
+ * past their lease that are not among held (the worker's own).
+ */
+extern bool queue_requeue_orphans(void);
+extern int	queue_orphans_left(void);
+extern void queue_forget_orphan(int64 id);
+extern void queue_adopt_expired(const int64 *held, int nheld);
 
 /* worker.c: seconds a claimed step may stay running (celloattr.lease, at
  * least a request's timeout). */
