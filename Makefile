@@ -17,6 +17,7 @@ OBJS = \
 	src/launcher.o \
 	src/worker.o \
 	src/pace.o \
+	src/lease.o \
 	src/queue.o \
 	src/orphans.o \
 	src/record.o \

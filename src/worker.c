@@ -19,7 +19,8 @@
  * must not postpone curl's timeouts (http.c), a pacing token, a retry that
  * falls due or the end of a step's lease.  A step that is still running
  * when its lease ends (celloattr.lease, at least a request's timeout) is
- * aborted: its transfer is cancelled and it is retried after backoff.
+ * aborted (lease.c): its transfer is cancelled and it is retried after
+ * backoff.
  *
  * When no due step is left to claim, the worker deletes rows older than
  * celloattr.retention (retention.c): a batch per table, again and again
@@ -87,32 +88,6 @@ finish(Job *job)
 	MemoryContextSwitchTo(old);
 	dlist_delete(&job->running_node);
 	running--;
-}
-
-/*
- * The lease a claim gives its steps: celloattr.lease, but never shorter
- * than one request may take (a second more, so that curl's own timeout,
- * with its clearer message, comes first).
- */
-int
-worker_lease_seconds(void)
-{
-	static int	warned_lease = -1;
-	static int	warned_timeout = -1;
-	int			floor_s = (celloattr_request_timeout + 999) / 1000 + 1;
-
-	if (celloattr_lease >= floor_s)
-		return celloattr_lease;
-	if (warned_lease != celloattr_lease || warned_timeout != celloattr_request_timeout)
-	{
-		ereport(WARNING,
-				(errmsg("celloattr.lease (%d s) is shorter than celloattr.request_timeout (%d ms): steps get a lease of %d s",
-						celloattr_lease, celloattr_request_timeout, floor_s),
-				 errhint("Set celloattr.lease to at least request_timeout plus a second.")));
-		warned_lease = celloattr_lease;
-		warned_timeout = celloattr_request_timeout;
-	}
-	return floor_s;
 }
 
 /*
@@ -240,57 +215,6 @@ exchange_done(HttpExchange *ex)
 	MemoryContextSwitchTo(old);
 }
 
-/*
- * A step whose lease ended: a request in flight is cancelled and the step
- * retried after backoff (an attempt used: the provider was asked).  One
- * waiting for its provider's pace goes back to the queue until the
- * provider is open again, no attempt used, if it has sent nothing yet;
- * one that did send requests uses an attempt too, as it starts over from
- * its first request when claimed again: else a step that needs more
- * requests than its provider's pace allows in a lease (a Chargebee site's
- * pages of events) would start over for ever, never done nor failed, and
- * take the provider's whole rate from every other step.
- */
-static void
-expire_lease(Job *job, TimestampTz now)
-{
-	MemoryContext old = MemoryContextSwitchTo(job->cxt);
-	HttpExchange *ex = job->pending;
-	char	   *reason = psprintf("abandoned when the step's lease of %d s ran out",
-								  worker_lease_seconds());
-
-	if (ex != NULL)
-	{
-		TimestampTz closed_until = pace_closed_until(ex->provider);
-
-		dlist_delete(&job->node);
-		job->pending = NULL;
-		ex->error = psprintf("not sent: %s", reason);
-		if (list_length(job->exchanges) > 1)
-			job_retry(job, "%s %s %s, after %d requests paced at celloattr.%s_rate_limit (a longer celloattr.lease lets it finish)",
-					  ex->method, ex->url, ex->error, list_length(job->exchanges) - 1,
-					  ex->provider);
-		else
-		{
-			job->verdict = JOB_SNOOZE;
-			job->snooze_seconds = closed_until > now ? (closed_until - now) / 1e6 : 0;
-			job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
-		}
-	}
-	else if (job->exchanges != NIL)
-	{
-		/* not waiting for pace: its latest request is in flight */
-		ex = llast(job->exchanges);
-		http_engine_cancel(engine, ex, reason);
-		if (!job_unsure_if_sent(job, ex))
-			job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
-	}
-	else
-		job_retry(job, "%s", reason);
-	finish(job);
-	MemoryContextSwitchTo(old);
-}
-
 /* End the steps whose lease is over; returns ms until the next one ends (or -1). */
 static long
 enforce_leases(void)
@@ -304,7 +228,13 @@ enforce_leases(void)
 		Job		   *job = dlist_container(Job, running_node, iter.cur);
 
 		if (now >= job->lease_ends)
-			expire_lease(job, now);
+		{
+			/* waiting for pace: out of that list; in flight: cancelled */
+			if (job->pending != NULL)
+				dlist_delete(&job->node);
+			lease_expire(job, engine, now);
+			finish(job);
+		}
 		else
 		{
 			long		ms = TimestampDifferenceMilliseconds(now, job->lease_ends);
@@ -487,7 +417,7 @@ worker_round(MemoryContext loop_cxt)
 	if (loop.stop_at != 0 && ((running == 0 && finished == NIL) || now >= loop.stop_at))
 		return false;
 
-	/* steps past their lease that nobody holds become orphans (queue.c) */
+	/* steps past their lease that nobody holds become orphans (orphans.c) */
 	if (loop.stop_at == 0 && loop.orphans_requeued && now >= loop.next_expiry_at)
 	{
 		adopt_expired();

@@ -69,9 +69,14 @@ extern int	queue_orphans_left(void);
 extern void queue_forget_orphan(int64 id);
 extern void queue_adopt_expired(const int64 *held, int nheld);
 
-/* worker.c: seconds a claimed step may stay running (celloattr.lease, at
- * least a request's timeout). */
+/*
+ * lease.c: seconds a claimed step may stay running (celloattr.lease, at
+ * least a request's timeout); lease_expire() settles the verdict of a step
+ * still running when its lease ends (its request in flight cancelled, or
+ * the one waiting for pace unsent), which the caller then finishes.
+ */
 extern int	worker_lease_seconds(void);
+extern void lease_expire(Job *job, HttpEngine *engine, TimestampTz now);
 
 /*
  * pace.c: a token bucket per provider (its rate setting) and per endpoint
