@@ -17,7 +17,10 @@ OBJS = \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \
+	src/pace.o \
+	src/lease.o \
 	src/queue.o \
+	src/orphans.o \
 	src/record.o \
 	src/dbtext.o \
 	src/outcomes.o \
@@ -25,10 +28,14 @@ OBJS = \
 	src/retention.o \
 	src/http.o \
 	src/job.o \
+	src/eventindex.o \
+	src/sweep.o \
 	src/json.o \
 	src/encode.o \
 	src/stripe.o \
+	src/stripe_payments.o \
 	src/chargebee.o \
+	src/chargebee_payments.o \
 	src/cello.o \
 	src/version.o
 

@@ -104,7 +104,7 @@ for my $case (@cases)
 # an old paid invoice whose line items are not a list goes to the support
 # report (json-c aborted the worker, and with it the server, on it)
 fake_seed({ stripe => {
-	customers => [ { id => 'cus_nolines', metadata => {} } ],
+	customers => [ { id => 'cus_nolines', metadata => {}, age_days => 60 } ],
 	invoices => [ { id => 'in_nolines', customer => 'cus_nolines', status => 'paid', age_days => 40,
 		lines => { object => 'list', data => 'not a list' } } ] } });
 my $nolines = $node->safe_psql($db,
