@@ -34,6 +34,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -177,14 +178,19 @@ queue_extension_ready(bool any_version)
 
 /*
  * The rest of this transaction commits synchronously, unlike the worker's
- * other ones (worker.c).
+ * other ones (worker.c): flushed, and confirmed by the synchronous standbys
+ * if there are any.  Except while the worker stops (SIGTERM): then flushed
+ * here only, as a standby that is gone would hold the worker, and the
+ * server's shutdown, for ever (worker_sigterm).  That risks no repeat: a
+ * stopping worker claims nothing, and a standby promoted without one of
+ * these outcomes finds its step running and sets it aside if it has no key.
  */
 void
 queue_commit_synchronously(void)
 {
 	/* at the source of the worker's own setting: a lower one is ignored */
-	(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
-							 GUC_ACTION_LOCAL, true, 0, false);
+	(void) set_config_option("synchronous_commit", ShutdownRequestPending ? "local" : "on",
+							 PGC_SUSET, PGC_S_OVERRIDE, GUC_ACTION_LOCAL, true, 0, false);
 }
 
 /* A text column as the UTF-8 the worker sends providers. */

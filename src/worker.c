@@ -43,8 +43,10 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "replication/syncrep.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -187,6 +189,29 @@ start_job(Job *job, TimestampTz lease_ends)
 		run_step_code(job, NULL);
 	/* else settled by the claim (out of attempts): nothing is sent */
 	advance(job);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A step claimed as SIGTERM came: not sent, back to the queue, no attempt
+ * used (see worker_round).  One the claim settled (out of attempts) keeps
+ * its verdict: nothing is sent either way.
+ */
+static void
+unsend_claimed(Job *job, TimestampTz lease_ends)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	running++;
+	job->lease_ends = lease_ends;
+	dlist_push_tail(&running_jobs, &job->running_node);
+	if (job->verdict == JOB_RUNNING)
+	{
+		job->verdict = JOB_SNOOZE;
+		job->snooze_seconds = 0;
+		job->error = pstrdup("not sent: the worker was stopping");
+	}
+	finish(job);
 	MemoryContextSwitchTo(old);
 }
 
@@ -464,8 +489,19 @@ worker_round(MemoryContext loop_cxt)
 		/* now is before the claim's now(): a lease ends no later than its lease_until */
 		TimestampTz lease_ends = now + (TimestampTz) worker_lease_seconds() * USECS_PER_SEC;
 
+		/*
+		 * A SIGTERM during the claim may have cut short its commit's wait
+		 * for a synchronous standby (worker_sigterm): the standby may not
+		 * know these steps are claimed, and, promoted, would send them as
+		 * new; so they are not sent now but go back to the queue.
+		 */
 		foreach(lc, jobs)
-			start_job((Job *) lfirst(lc), lease_ends);
+		{
+			if (ShutdownRequestPending)
+				unsend_claimed((Job *) lfirst(lc), lease_ends);
+			else
+				start_job((Job *) lfirst(lc), lease_ends);
+		}
 		/* a full claim may have left more behind */
 		loop.claim_now = list_length(jobs) == room;
 		loop.next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
@@ -537,6 +573,35 @@ worker_round(MemoryContext loop_cxt)
 	return true;
 }
 
+/*
+ * SIGTERM: stop, as SignalHandlerForShutdownRequest asks (worker_round lets
+ * the transfers in flight finish).  But a commit waiting for a synchronous
+ * standby (synchronous_standby_names, and the worker's synchronous commits:
+ * queue_commit_synchronously) ends on a cancel or a backend's die() only,
+ * not on that flag: with the standby gone, the worker, and with it a fast
+ * or smart shutdown of the server, would wait for ever.  So the wait is
+ * cancelled, as a cancel does for a backend: the commit stands locally,
+ * without the standby's word (PostgreSQL logs a WARNING that says so).
+ * What the worker does with it, knowing that: worker_round puts the steps
+ * of such a claim back unsent, and queue_commit_synchronously waits for no
+ * standby while the worker stops.  (A wait that ended just as the signal
+ * came leaves the cancel pending: an ERROR at the next interrupt check,
+ * which the worker's transactions and its main loop catch.)
+ */
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (MyProc != NULL && MyProc->syncRepState == SYNC_REP_WAITING)
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+	}
+	SignalHandlerForShutdownRequest(postgres_signal_arg);
+	errno = save_errno;
+}
+
 void
 celloattr_worker_main(Datum main_arg)
 {
@@ -544,7 +609,7 @@ celloattr_worker_main(Datum main_arg)
 	MemoryContext loop_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg),
 											  InvalidOid, 0);

@@ -43,7 +43,8 @@ our @EXPORT = qw(
   wait_all_final stripe_seed queue_stripe check_stripe_effects
   worker_crashes psql_within attribute_one test_secrets write_node_secrets
   guest_seed cello_events chargebee_redeliveries check_at_most_once
-  check_guest unfinished_steps worker_terminations attribute_in psql_may_fail);
+  check_guest unfinished_steps worker_terminations attribute_in psql_may_fail
+  celloattr_standby log_problems);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
 # PostgreSQL::Test::Utils ties Test::More's output handles to a tee into
@@ -149,22 +150,23 @@ sub write_node_secrets
 
 =pod
 
-=item celloattr_node($name, $extra_conf)
+=item celloattr_node($name, $extra_conf, %init)
 
 A started node whose worker serves $DB (created, with the extension), with
 the suite's settings plus $extra_conf, and the suite's secrets in the
-default secrets file of its data directory.
+default secrets file of its data directory.  %init goes to
+PostgreSQL::Test::Cluster's init (allows_streaming => 1 for a primary).
 
 =cut
 
 sub celloattr_node
 {
-	my ($name, $extra) = @_;
+	my ($name, $extra, %init) = @_;
 	my $conf = $ENV{CELLOATTR_TAP_CONF}
 	  or BAIL_OUT('CELLOATTR_TAP_CONF is not set: run the TAP tests through scripts/test');
 	my $node = PostgreSQL::Test::Cluster->new($name);
 
-	$node->init;
+	$node->init(%init);
 	$node->append_conf('postgresql.conf', slurp_file($conf));
 	write_node_secrets($node, slurp_file(secrets_file()));
 	# a crashed worker restarts the server's processes, as in production
@@ -177,6 +179,47 @@ sub celloattr_node
 	$node->safe_psql($DB, 'CREATE EXTENSION celloattr');
 	wait_for_new_worker($node, 0);
 	return $node;
+}
+
+=pod
+
+=item celloattr_standby($primary, $name, $extra_conf)
+
+A started hot standby of $primary (made with allows_streaming => 1),
+streaming from it, from a new base backup: the settings of the primary
+(postgresql.conf is in the backup) plus $extra_conf, and the suite's
+secrets, written again with their mode (a copied backup may lose it).
+
+=cut
+
+sub celloattr_standby
+{
+	my ($primary, $name, $extra) = @_;
+	my $backup = "${name}_backup";
+
+	$primary->backup($backup);
+	my $standby = PostgreSQL::Test::Cluster->new($name);
+	$standby->init_from_backup($primary, $backup, has_streaming => 1);
+	write_node_secrets($standby, slurp_file(secrets_file()));
+	$standby->append_conf('postgresql.conf', $extra) if $extra;
+	$standby->start;
+	return $standby;
+}
+
+=pod
+
+=item log_problems($node, $offset, $except)
+
+The lines of the node's server log (from byte $offset on) at WARNING or
+above, but those matching the regex $except.
+
+=cut
+
+sub log_problems
+{
+	my ($node, $offset, $except) = @_;
+	my $log = substr(slurp_file($node->logfile), $offset // 0);
+	return join '', grep { /\b(?:WARNING|ERROR|FATAL|PANIC):/ && !($except && /$except/) } split /^/, $log;
 }
 
 # ($rc, $out) of psql, for a poll that may meet a server restarting after
