@@ -49,7 +49,8 @@ use Time::HiRes qw(sleep time);
 
 my $db = $CelloattrTest::DB;
 my ($NS, $NC, $NA) = (10, 5, 5);
-my $HOLD = 8;	# seconds the fake holds an answer back
+my $HOLD = 20;	# seconds the fake holds an answer back: longer than the
+				# rest of the repair and the catch-up take on a loaded machine
 # answers held back are waited for (request_timeout), not given up
 my $CONF = qq{
 celloattr.request_timeout = 30s
@@ -395,7 +396,7 @@ sub run_failover
 	# keyless effects the fake took from the old primary (its answers held
 	# back come meanwhile) that the new one knows nothing of: it sends them
 	# again
-	wait_until('the answers held back', sub { my ($h, $a) = held(); $a >= $h }, 30);
+	wait_until('the answers held back', sub { my ($h, $a) = held(); $a >= $h }, 2 * $HOLD + 10);
 	my $old = keyless_taken($sent_before);
 	my $resend = grep { !$known{$_} && $old->{$_} } all_keyless_effects();
 	if ($lag)
