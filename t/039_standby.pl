@@ -33,7 +33,9 @@ my $seed = stripe_seed('sb', $N);
 push @{ $seed->{stripe}{$_} }, @{ stripe_seed('sq', $N)->{stripe}{$_} } for qw(customers invoices events);
 fake_seed($seed);
 
-my $standby = celloattr_standby($primary, 'standby');
+# wait() is one long statement: without feedback, the primary's vacuum
+# may remove rows its snapshot needs, and recovery cancels it
+my $standby = celloattr_standby($primary, 'standby', "hot_standby_feedback = on\n");
 $primary->wait_for_catchup($standby);
 
 # celloattr processes on a node, as "backend_type" lines
