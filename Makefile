@@ -16,6 +16,7 @@ OBJS = \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \
+	src/stats.o \
 	src/queue.o \
 	src/record.o \
 	src/dbtext.o \
@@ -40,7 +41,7 @@ PGFILEDESC = "celloattr - repair Cello referral attribution"
 # all of that up (see README), so a plain "make installcheck" is not
 # supported.  The TAP tests (t/*.pl) start their own nodes with the settings
 # scripts/test writes to $CELLOATTR_TAP_CONF.
-REGRESS = validation attribute batch transaction triggers support privileges stripe chargebee cello_api
+REGRESS = validation attribute batch transaction triggers support privileges stripe chargebee cello_api operations
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
 ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf

@@ -63,7 +63,10 @@ CREATE TABLE celloattr.attributions (
 	superseded_by bigint,
 	-- what the worker learned: the customer it found, the events it resends
 	-- or would resend (dry run), what went to the support report
-	plan jsonb NOT NULL DEFAULT '{}'
+	plan jsonb NOT NULL DEFAULT '{}',
+	-- the request batch: the statement, in its transaction, that queued it,
+	-- named by the id of its first attribution (celloattr.progress)
+	batch bigint
 );
 
 /* At most one live repair per user and gateway (dry runs apart): repeats and
@@ -72,6 +75,10 @@ CREATE UNIQUE INDEX attributions_live_user
 	ON celloattr.attributions (gateway, new_user_id, dry_run)
 	WHERE superseded_by IS NULL AND state <> 'cancelled';
 CREATE INDEX attributions_user ON celloattr.attributions (new_user_id);
+/* celloattr.progress: the batches with work left, and the rows of a batch. */
+CREATE INDEX attributions_unfinished ON celloattr.attributions (batch)
+	WHERE state IN ('queued', 'running');
+CREATE INDEX attributions_batch ON celloattr.attributions (batch);
 
 /*
  * The outbox: one row per step of a repair. A step runs when every step of
@@ -321,6 +328,7 @@ BEGIN
 		UPDATE celloattr.attributions
 		   SET state = 'cancelled', finished_at = now()
 		 WHERE id = a.id;
+		PERFORM pg_notify('celloattr', a.id || ':cancelled');
 	END IF;
 	RETURN cancelled;
 END;
@@ -407,6 +415,166 @@ $$;
 COMMENT ON FUNCTION celloattr.support_report(bigint)
 IS 'events that must go to Cello support as a manual report, with the fields of the event and the reason';
 
+/* ------------------------------------------------------ watching the work */
+
+/*
+ * The worker's live statistics, from shared memory (src/stats.c): cheap to
+ * poll.  A row per provider of the worker that runs, or last ran since the
+ * server started; no URL and no secret.
+ */
+CREATE FUNCTION celloattr._worker_status(
+	OUT database text,
+	OUT pid integer,
+	OUT state text,
+	OUT started_at timestamptz,
+	OUT steps_running integer,
+	OUT transfers_in_flight integer,
+	OUT waiting_for_pace integer,
+	OUT steps_claimed bigint,
+	OUT outcomes_recorded bigint,
+	OUT provider text,
+	OUT requests_sent bigint,
+	OUT answered_2xx bigint,
+	OUT answered_4xx bigint,
+	OUT answered_5xx bigint,
+	OUT answered_429 bigint,
+	OUT answered_other bigint,
+	OUT transport_errors bigint,
+	OUT rate_per_second double precision,
+	OUT held_until timestamptz,
+	OUT last_error text,
+	OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'cello_worker_status'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION celloattr._worker_status() FROM PUBLIC;
+
+CREATE VIEW celloattr.worker_status AS
+	SELECT * FROM celloattr._worker_status();
+
+COMMENT ON VIEW celloattr.worker_status
+IS 'the worker now: its state, transfers, and per provider the requests sent and answered by class, pacing, 429 hold and last error (counters since it started)';
+
+/* The batches the worker finished an attribution of in the last 10 minutes. */
+CREATE FUNCTION celloattr._recent_batches()
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'cello_recent_batches'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION celloattr._recent_batches() FROM PUBLIC;
+
+/*
+ * Progress per request batch (attributions.batch: the statement, in its
+ * transaction, that queued them), while it has work left and for 10 minutes
+ * after the worker last finished one of its attributions.  requests_left
+ * counts, per repair not finished, the requests its path makes at the
+ * least (events to resend are known only once its payments step ran), and
+ * eta divides them by the pacing rate of each provider (NULL with pacing
+ * off).  Reads only the rows of the batches shown, through their indexes.
+ */
+CREATE VIEW celloattr.progress AS
+WITH shown AS (
+	SELECT DISTINCT u.batch FROM celloattr.attributions u
+	 WHERE u.state IN ('queued', 'running') AND u.batch IS NOT NULL
+	UNION
+	SELECT r.batch FROM celloattr._recent_batches() AS r(batch)
+), counts AS (
+	SELECT a.batch,
+		   count(*) AS attributions,
+		   count(*) FILTER (WHERE a.state = 'queued') AS queued,
+		   count(*) FILTER (WHERE a.state = 'running') AS running,
+		   count(*) FILTER (WHERE a.state = 'done') AS done,
+		   count(*) FILTER (WHERE a.state = 'needs_support') AS needs_support,
+		   count(*) FILTER (WHERE a.state = 'failed') AS failed,
+		   count(*) FILTER (WHERE a.state IN ('cancelled', 'planned')) AS cancelled_or_planned,
+		   coalesce(sum(CASE a.gateway WHEN 'stripe' THEN 4 ELSE 0 END)
+			   FILTER (WHERE a.state IN ('queued', 'running')), 0) AS stripe_left,
+		   coalesce(sum(CASE a.gateway WHEN 'chargebee' THEN 3 ELSE 0 END)
+			   FILTER (WHERE a.state IN ('queued', 'running')), 0) AS chargebee_left,
+		   coalesce(sum(CASE WHEN a.signup_via_api THEN 2 ELSE 0 END)
+			   FILTER (WHERE a.state IN ('queued', 'running')), 0) AS cello_left,
+		   max(a.finished_at) AS last_finished_at
+	  FROM shown JOIN celloattr.attributions a ON a.batch = shown.batch
+	 GROUP BY a.batch
+), rates AS (
+	SELECT pg_catalog.current_setting('celloattr.stripe_rate_limit', true)::double precision AS stripe,
+		   pg_catalog.current_setting('celloattr.chargebee_rate_limit', true)::double precision / 60 AS chargebee,
+		   pg_catalog.current_setting('celloattr.cello_rate_limit', true)::double precision AS cello
+)
+SELECT c.batch, f.requested_at, f.requested_by, f.reason, c.attributions,
+	   c.queued, c.running, c.done, c.needs_support, c.failed, c.cancelled_or_planned,
+	   c.stripe_left + c.chargebee_left + c.cello_left AS requests_left,
+	   CASE WHEN (c.stripe_left > 0 AND NOT r.stripe > 0)
+			  OR (c.chargebee_left > 0 AND NOT r.chargebee > 0)
+			  OR (c.cello_left > 0 AND NOT r.cello > 0) THEN NULL
+			ELSE pg_catalog.make_interval(secs => pg_catalog.ceil(greatest(
+				 c.stripe_left / nullif(r.stripe, 0), c.chargebee_left / nullif(r.chargebee, 0),
+				 c.cello_left / nullif(r.cello, 0), 0)))
+	   END AS eta,
+	   c.last_finished_at
+  FROM counts c
+ CROSS JOIN rates r
+  LEFT JOIN celloattr.attributions f ON f.id = c.batch;
+
+COMMENT ON VIEW celloattr.progress
+IS 'per request batch (the statement that queued it): attributions queued, running, done, needs_support, failed; requests left at the least and the time they take at the pacing rate';
+
+/*
+ * A user's whole story, in order: each attribution of the user (superseded
+ * ones too) as it was asked for, its steps, every request made for it (the
+ * HTTP log: secrets removed), its support items, and how it ended.
+ */
+CREATE FUNCTION celloattr.history(new_user_id text)
+RETURNS TABLE (
+	at timestamptz,
+	attribution_id bigint,
+	step_id bigint,
+	event text,
+	state text,
+	detail text)
+LANGUAGE sql STABLE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT e.at, a.id, e.step_id, e.event, e.state, e.detail
+	  FROM celloattr.attributions a
+	 CROSS JOIN LATERAL (
+		SELECT a.requested_at, NULL::bigint, 'attribution', a.state,
+			   format('ucc %s on %s%s, requested by %s', a.ucc, a.gateway,
+					  CASE WHEN a.dry_run THEN ' (dry run)' ELSE '' END, a.requested_by)
+			   || coalesce(', customer ' || a.customer_id, '')
+			   || coalesce(', reason: ' || a.reason, '')
+			   || coalesce(', supersedes ' || a.supersedes, ''),
+			   1, 0::bigint
+		UNION ALL
+		SELECT j.created_at, j.id, 'step', j.state,
+			   format('%s (stage %s), %s attempt(s)', j.kind, j.stage, j.attempts)
+			   || coalesce(': ' || j.last_error, ''),
+			   2, j.id
+		  FROM celloattr.jobs j WHERE j.attribution_id = a.id
+		UNION ALL
+		SELECT h.started_at, h.job_id, 'request', coalesce(h.status::text, 'no answer'),
+			   format('%s %s %s (%s ms)', h.provider, h.method, h.url, round(h.duration_ms::numeric, 1))
+			   || coalesce(': ' || h.error, ''),
+			   3, h.id
+		  FROM celloattr.http_log h WHERE h.attribution_id = a.id
+		UNION ALL
+		SELECT s.created_at, s.job_id, 'support item', s.trigger,
+			   concat_ws(', ', s.invoice_id, s.price || ' ' || s.currency, s.reason),
+			   4, s.id
+		  FROM celloattr.support_items s WHERE s.attribution_id = a.id
+		UNION ALL
+		SELECT a.finished_at, NULL, 'finished', a.state,
+			   concat_ws(', ', a.last_error, 'superseded by ' || a.superseded_by),
+			   5, 0
+		 WHERE a.finished_at IS NOT NULL
+	 ) AS e(at, step_id, event, state, detail, ord, seq)
+	 WHERE a.new_user_id = history.new_user_id
+	 ORDER BY e.at, a.id, e.ord, e.seq
+$$;
+
+COMMENT ON FUNCTION celloattr.history(text)
+IS 'every attribution of a user, its steps, requests, support items and end, in order';
+REVOKE ALL ON FUNCTION celloattr.history(text) FROM PUBLIC;
+
 /* ----------------------------------------------------------- triggers */
 
 CREATE FUNCTION celloattr.attribute_trigger()
@@ -474,3 +642,11 @@ GRANT EXECUTE ON FUNCTION celloattr.retry(bigint), celloattr.cancel(bigint),
 	celloattr.mark_delivered(bigint)
 	TO celloattr_operator;
 GRANT SELECT ON celloattr.http_log TO celloattr_operator;
+
+/* Watching the work: progress for everyone who queues it; the worker's
+ * statistics and a user's whole story (the HTTP log) for operators. */
+GRANT EXECUTE ON FUNCTION celloattr._recent_batches() TO celloattr_app;
+GRANT SELECT ON celloattr.progress TO celloattr_app;
+GRANT EXECUTE ON FUNCTION celloattr._worker_status(), celloattr.history(text)
+	TO celloattr_operator;
+GRANT SELECT ON celloattr.worker_status TO celloattr_operator;

@@ -108,13 +108,15 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 					   int64 supersedes)
 {
 	const AttributionRequest *req = a->req;
-	Oid			types[20] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	Oid			types[21] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
 		TEXTOID, INT8OID, INT8OID, TEXTARRAYOID, INT2ARRAYOID, TEXTARRAYOID,
-	TEXTOID, BOOLOID};
+	TEXTOID, BOOLOID, INT8OID};
 	static const Oid step_types[3] = {TEXTOID, INT2OID, TEXTOID};
-	Datum		values[20];
-	char		nulls[20];
+	Datum		values[21];
+	char		nulls[21];
+	int64		batch = celloattr_statement_batch();
+	int64		id;
 	ArrayColumn steps[3];
 	Oid			step_array_types[3];
 	bool		isnull;
@@ -133,10 +135,10 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 			"  INSERT INTO celloattr.attributions"
 			"    (ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
 			"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by,"
-			"     id, supersedes, state, finished_at)"
-			"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-			"          coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)), $15,"
-			"          $19, CASE WHEN $20 THEN now() END)"
+			"     id, supersedes, state, finished_at, batch)"
+			"  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+			"         n.id, $15, $19, CASE WHEN $20 THEN now() END, coalesce($21, n.id)"
+			"    FROM (SELECT coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)) AS id) n"
 			"  ON CONFLICT (gateway, new_user_id, dry_run)"
 			"    WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING"
 			"  RETURNING id"
@@ -149,7 +151,7 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 			"  RETURNING 1"
 			")"
 			"SELECT a.id, (SELECT count(*) FROM j) FROM a",
-			20, types);
+			21, types);
 
 	values[0] = CStringGetTextDatum(req->ucc);
 	values[1] = CStringGetTextDatum(req->new_user_id);
@@ -172,6 +174,8 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 	celloattr_column_params(steps, 3, step_array_types, &values[15]);
 	values[18] = CStringGetTextDatum(a->state);
 	values[19] = BoolGetDatum(a->finished);
+	values[20] = Int64GetDatum(batch);
+	nulls[20] = batch ? ' ' : 'n';
 
 	if (celloattr_execute(insert_attribution_plan, values, nulls, SPI_OK_SELECT) == 0)
 		return 0;
@@ -181,7 +185,10 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("celloattr.installation has no row"),
 				 errhint("Re-create the extension: DROP EXTENSION celloattr; CREATE EXTENSION celloattr.")));
-	return celloattr_first_int8();
+	id = celloattr_first_int8();
+	/* the first of the statement names its batch (the insert did likewise) */
+	(void) celloattr_join_batch(id);
+	return id;
 }
 
 /*
@@ -201,16 +208,20 @@ supersede(int64 old_id, const QueuedAttribution *a)
 	celloattr_execute(next_id_plan, NULL, NULL, SPI_OK_SELECT);
 	new_id = celloattr_first_int8();
 
+	/* an unfinished one is cancelled, which its listeners hear (a live
+	 * attribution is never cancelled already) */
 	celloattr_prepare(&supersede_plan,
-			"UPDATE celloattr.attributions "
-			"   SET superseded_by = $2, "
-			"       state = CASE WHEN state IN ('queued', 'running') THEN 'cancelled' ELSE state END, "
-			"       finished_at = coalesce(finished_at, now()) "
-			" WHERE id = $1",
+			"WITH u AS ("
+			"  UPDATE celloattr.attributions "
+			"     SET superseded_by = $2, "
+			"         state = CASE WHEN state IN ('queued', 'running') THEN 'cancelled' ELSE state END, "
+			"         finished_at = coalesce(finished_at, now()) "
+			"   WHERE id = $1 RETURNING id, state) "
+			"SELECT pg_notify('celloattr', id || ':' || state) FROM u WHERE state = 'cancelled'",
 			2, types);
 	values[0] = Int64GetDatum(old_id);
 	values[1] = Int64GetDatum(new_id);
-	celloattr_execute(supersede_plan, values, NULL, SPI_OK_UPDATE);
+	celloattr_execute(supersede_plan, values, NULL, SPI_OK_SELECT);
 
 	celloattr_prepare(&cancel_jobs_plan,
 			"UPDATE celloattr.jobs SET state = 'cancelled', finished_at = now(), lease_until = NULL "

@@ -170,6 +170,12 @@ extern int64 celloattr_pending_queue(const QueuedAttribution *a);
 /* Write the batch now. */
 extern void celloattr_pending_flush(void);
 
+/* The request batch (celloattr.progress) of the running client statement
+ * in this transaction, or 0 before it queued an attribution; the first
+ * attribution it queues (id) names it: returns the batch id joins. */
+extern int64 celloattr_statement_batch(void);
+extern int64 celloattr_join_batch(int64 id);
+
 /* While set, statements reading celloattr tables leave the batch alone
  * (the careful path reads only users that are not in it); returns the
  * previous setting. */

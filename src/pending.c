@@ -49,6 +49,7 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -72,12 +73,12 @@ enum
 {
 	C_ID, C_UCC, C_USER, C_GATEWAY, C_CUSTOMER, C_EMAIL, C_NAME, C_ORG,
 	C_SIGNUP_API, C_SIGNED_UP_AT, C_REASON, C_FORCE, C_DRY_RUN,
-	C_REQUESTED_BY, C_STATE, C_FINISHED_AT, NCOLUMNS
+	C_REQUESTED_BY, C_STATE, C_FINISHED_AT, C_BATCH, NCOLUMNS
 };
 const Oid	celloattr_column_types[NCOLUMNS] = {
 	INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
-	TEXTOID, TEXTOID, TIMESTAMPTZOID
+	TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID
 };
 
 /* The columns of their first steps. */
@@ -331,14 +332,14 @@ write_group(FlushGroup *g)
 			"  INSERT INTO celloattr.attributions"
 			"    (id, ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
 			"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by,"
-			"     state, finished_at)"
+			"     state, finished_at, batch)"
 			"  SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-			"                       $13, $14, $15, $16)"
+			"                       $13, $14, $15, $16, $17)"
 			"), j AS ("
 			"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)"
 			"  SELECT p.id, p.kind, p.stage, p.state,"
 			"         'ca-' || i.install_id || '-' || p.id || '-' || p.kind"
-			"    FROM unnest($17, $18, $19, $20) AS p(id, kind, stage, state)"
+			"    FROM unnest($18, $19, $20, $21) AS p(id, kind, stage, state)"
 			"         CROSS JOIN celloattr.installation i"
 			"  RETURNING 1"
 			")"
@@ -491,6 +492,7 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	set_value(row, C_FINISHED_AT,
 			  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
 			  !a->finished);
+	set_value(row, C_BATCH, Int64GetDatum(celloattr_join_batch(id)), false);
 	row->nsteps = a->nsteps;
 	for (int i = 0; i < a->nsteps; i++)
 	{
@@ -509,6 +511,38 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	add_row(row);
 	MemoryContextSwitchTo(old);
 	return id;
+}
+
+/*
+ * The batch of the client statement that runs, in this transaction: a
+ * repair query over many users, a COPY into a table with the attribute
+ * trigger, or one call of the application.  It is named by the id of the
+ * first attribution the statement queued, so it costs no lookup and sorts
+ * as the statements came; celloattr.progress groups by it.
+ */
+static LocalTransactionId batch_lxid = InvalidLocalTransactionId;
+static TimestampTz batch_statement_start = 0;
+static int64 batch_id = 0;
+
+int64
+celloattr_statement_batch(void)
+{
+	if (celloattr_my_lxid() != batch_lxid ||
+		GetCurrentStatementStartTimestamp() != batch_statement_start)
+		return 0;
+	return batch_id;
+}
+
+int64
+celloattr_join_batch(int64 id)
+{
+	if (celloattr_statement_batch() == 0)
+	{
+		batch_lxid = celloattr_my_lxid();
+		batch_statement_start = GetCurrentStatementStartTimestamp();
+		batch_id = id;
+	}
+	return batch_id;
 }
 
 bool

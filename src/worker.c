@@ -52,6 +52,7 @@
 #include "celloattr.h"
 #include "http.h"
 #include "record.h"
+#include "stats.h"
 #include "worker.h"
 
 /* Seconds a step waits after a local shortage (descriptors, memory)... */
@@ -212,6 +213,8 @@ try_send(Job *job, TimestampTz now, long *wait_ms)
 		job->error = psprintf("not sent: %s", ex->error);
 		finish(job);
 	}
+	else
+		stats_sent(ex->provider);
 	return true;
 }
 
@@ -283,6 +286,7 @@ exchange_done(HttpExchange *ex)
 	Job		   *job = (Job *) ex->owner;
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
+	stats_answered(ex, job->kind);
 	if (ex->resource_error)
 	{
 		/* our shortage, not the provider's answer: no attempt is used */
@@ -350,6 +354,7 @@ expire_lease(Job *job, TimestampTz now)
 		/* not waiting for pace: its latest request is in flight */
 		ex = llast(job->exchanges);
 		http_engine_cancel(engine, ex, reason);
+		stats_answered(ex, job->kind);
 		if (!job_unsure_if_sent(job, ex))
 			job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
 	}
@@ -431,6 +436,7 @@ record_finished(void)
 			return false;
 		left = NIL;
 	}
+	stats_recorded(list_length(finished) - list_length(left));
 	foreach(lc, finished)
 		if (!list_member_ptr(left, lfirst(lc)))
 			MemoryContextDelete(((Job *) lfirst(lc))->cxt);
@@ -477,6 +483,7 @@ clear_worker_latch(int code, Datum arg)
 		celloattr_shared->worker_pid = 0;
 	}
 	SpinLockRelease(&celloattr_shared->mutex);
+	stats_worker_stopped();
 }
 
 /* Hand queue.c the ids of the steps this worker holds, to find the others. */
@@ -510,6 +517,33 @@ static struct
 	TimestampTz next_expiry_at; /* the next look for steps past their lease */
 	TimestampTz stop_at;		/* SIGTERM: the end of the grace period */
 } loop = {true, false, false, 0, 0, 0, 0, 0, 0};
+
+/* What the loop is doing, for celloattr.worker_status (stats.c). */
+static void
+report_loop(void)
+{
+	WorkerState state = WORKER_IDLE;
+	dlist_iter	iter;
+	int			waiting = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (loop.stop_at != 0)
+		state = WORKER_STOPPING;
+	else if (!loop.orphans_requeued)
+		state = WORKER_STARTING;
+	else if (celloattr_paused)
+		state = WORKER_PAUSED;
+	else if (!celloattr_secrets_ready())
+		state = WORKER_NO_SECRETS;
+	else if (running > 0 || finished != NIL)
+		state = WORKER_WORKING;
+	dlist_foreach(iter, &waiting_for_pace)
+		waiting++;
+	stats_loop(state, running, http_engine_in_flight(engine), waiting);
+	for (size_t i = 0; i < lengthof(paces); i++)
+		stats_pace(paces[i].provider, rate_per_second(&paces[i]),
+				   paces[i].closed_until > now ? paces[i].closed_until : 0);
+}
 
 /*
  * One round of the worker's loop; false when the worker must leave.
@@ -602,6 +636,7 @@ worker_round(MemoryContext loop_cxt)
 		/* now is before the claim's now(): a lease ends no later than its lease_until */
 		TimestampTz lease_ends = now + (TimestampTz) worker_lease_seconds() * USECS_PER_SEC;
 
+		stats_claimed(list_length(jobs));
 		foreach(lc, jobs)
 			start_job((Job *) lfirst(lc), lease_ends);
 		/* a full claim may have left more behind */
@@ -669,6 +704,7 @@ worker_round(MemoryContext loop_cxt)
 			timeout_ms = Min(timeout_ms, lease_ms);
 	}
 
+	report_loop();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (http_engine_wait(engine, timeout_ms))
 		loop.claim_now = true;
@@ -697,6 +733,7 @@ celloattr_worker_main(Datum main_arg)
 	celloattr_shared->worker_pid = MyProcPid;
 	celloattr_shared->worker_database = MyDatabaseId;
 	SpinLockRelease(&celloattr_shared->mutex);
+	stats_worker_started();
 	before_shmem_exit(clear_worker_latch, 0);
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr worker loop",
