@@ -21,6 +21,10 @@
  * when its lease ends (celloattr.lease, at least a request's timeout) is
  * aborted: its transfer is cancelled and it is retried after backoff.
  *
+ * What the loop does (its state, transfers, each provider's requests by
+ * answer class, pacing and last error) is kept in shared memory for the
+ * celloattr.worker_status view (stats.c).
+ *
  * When no due step is left to claim, the worker deletes rows older than
  * celloattr.retention (retention.c): a batch per table, again and again
  * (with a rest as long as each round) while full batches come back, then
