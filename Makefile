@@ -12,11 +12,12 @@ OBJS = \
 	src/transaction.o \
 	src/validate.o \
 	src/operator.o \
+	src/batch.o \
+	src/stats.o \
 	src/plans.o \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \
-	src/stats.o \
 	src/queue.o \
 	src/record.o \
 	src/dbtext.o \

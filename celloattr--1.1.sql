@@ -75,10 +75,6 @@ CREATE UNIQUE INDEX attributions_live_user
 	ON celloattr.attributions (gateway, new_user_id, dry_run)
 	WHERE superseded_by IS NULL AND state <> 'cancelled';
 CREATE INDEX attributions_user ON celloattr.attributions (new_user_id);
-/* celloattr.progress: the batches with work left, and the rows of a batch. */
-CREATE INDEX attributions_unfinished ON celloattr.attributions (batch)
-	WHERE state IN ('queued', 'running');
-CREATE INDEX attributions_batch ON celloattr.attributions (batch);
 
 /*
  * The outbox: one row per step of a repair. A step runs when every step of
@@ -328,7 +324,6 @@ BEGIN
 		UPDATE celloattr.attributions
 		   SET state = 'cancelled', finished_at = now()
 		 WHERE id = a.id;
-		PERFORM pg_notify('celloattr', a.id || ':cancelled');
 	END IF;
 	RETURN cancelled;
 END;
@@ -455,52 +450,204 @@ CREATE VIEW celloattr.worker_status AS
 COMMENT ON VIEW celloattr.worker_status
 IS 'the worker now: its state, transfers, and per provider the requests sent and answered by class, pacing, 429 hold and last error (counters since it started)';
 
-/* The batches the worker finished an attribution of in the last 10 minutes. */
-CREATE FUNCTION celloattr._recent_batches()
-RETURNS SETOF bigint
-AS 'MODULE_PATHNAME', 'cello_recent_batches'
-LANGUAGE C VOLATILE;
-REVOKE ALL ON FUNCTION celloattr._recent_batches() FROM PUBLIC;
+/*
+ * The counts behind celloattr.progress, so that a look at it reads a few
+ * rows per batch shown and never the attributions of a batch being
+ * drained: per request batch, its attributions by state, those not
+ * finished by the path they take (for the requests left), and when one of
+ * them last finished.
+ *
+ * The statement triggers on attributions below keep it.  A statement that
+ * queues attributions adds a row per batch; one that changes their states
+ * adds a row of its changes per batch (+1 for the new state, -1 for the
+ * old), into which it folds the rows of those batches that no other
+ * transaction holds (FOR UPDATE SKIP LOCKED).  Nothing waits for a row of
+ * this table, the worker least of all (an application's open transaction
+ * that cancel()ed one attribution of a batch must not stall the recording
+ * of all the others), and a batch keeps about one row per transaction
+ * changing it at the same time.  pg_dump keeps no rows of it: restoring
+ * attributions counts them again.
+ */
+CREATE TABLE celloattr.batch_counts (
+	batch bigint NOT NULL,
+	queued integer NOT NULL,
+	running integer NOT NULL,
+	done integer NOT NULL,
+	needs_support integer NOT NULL,
+	failed integer NOT NULL,
+	cancelled integer NOT NULL,
+	planned integer NOT NULL,
+	-- not finished: on the Stripe path, the Chargebee path, with a signup
+	-- through Cello's API
+	stripe_unfinished integer NOT NULL,
+	chargebee_unfinished integer NOT NULL,
+	signup_unfinished integer NOT NULL,
+	last_finished_at timestamptz
+);
+CREATE INDEX batch_counts_batch ON celloattr.batch_counts (batch);
+/* the batches progress shows: with work left, or one finished lately */
+CREATE INDEX batch_counts_unfinished ON celloattr.batch_counts (batch)
+	WHERE queued <> 0 OR running <> 0;
+CREATE INDEX batch_counts_finished ON celloattr.batch_counts (last_finished_at);
+
+/*
+ * The statement triggers of attributions: batch_counts, and a NOTIFY
+ * celloattr, '<id>:<state>' for each attribution that finishes (in the
+ * transaction that records it, however it does: the worker, cancel(), a
+ * forced repair superseding it, a dry run with nothing to read).
+ */
+CREATE FUNCTION celloattr._count_attributions()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		INSERT INTO celloattr.batch_counts
+		SELECT n.batch,
+			   count(*) FILTER (WHERE n.state = 'queued'),
+			   count(*) FILTER (WHERE n.state = 'running'),
+			   count(*) FILTER (WHERE n.state = 'done'),
+			   count(*) FILTER (WHERE n.state = 'needs_support'),
+			   count(*) FILTER (WHERE n.state = 'failed'),
+			   count(*) FILTER (WHERE n.state = 'cancelled'),
+			   count(*) FILTER (WHERE n.state = 'planned'),
+			   count(*) FILTER (WHERE n.state IN ('queued', 'running') AND n.gateway = 'stripe'),
+			   count(*) FILTER (WHERE n.state IN ('queued', 'running') AND n.gateway = 'chargebee'),
+			   count(*) FILTER (WHERE n.state IN ('queued', 'running') AND n.signup_via_api),
+			   max(n.finished_at) FILTER (WHERE n.state NOT IN ('queued', 'running'))
+		  FROM new_rows n
+		 WHERE n.batch IS NOT NULL
+		 GROUP BY n.batch;
+		-- finished in this transaction (not restored by pg_restore)
+		PERFORM pg_notify('celloattr', n.id || ':' || n.state)
+		   FROM new_rows n
+		  WHERE n.state NOT IN ('queued', 'running') AND n.finished_at = now();
+	ELSIF TG_OP = 'UPDATE' THEN
+		WITH changed AS (
+			SELECT o.id, o.batch AS old_batch, o.state AS old_state,
+				   o.gateway AS old_gateway, o.signup_via_api AS old_signup,
+				   n.batch, n.state, n.gateway, n.signup_via_api, n.finished_at
+			  FROM old_rows o JOIN new_rows n ON n.id = o.id
+			 WHERE (o.batch, o.state, o.gateway, o.signup_via_api)
+				   IS DISTINCT FROM (n.batch, n.state, n.gateway, n.signup_via_api)
+		), moves AS (
+			SELECT c.batch, c.state, c.gateway, c.signup_via_api, 1 AS n, c.finished_at
+			  FROM changed c WHERE c.batch IS NOT NULL
+			UNION ALL
+			SELECT c.old_batch, c.old_state, c.old_gateway, c.old_signup, -1, NULL
+			  FROM changed c WHERE c.old_batch IS NOT NULL
+		), delta AS (
+			SELECT m.batch,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'queued'), 0)::integer AS queued,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'running'), 0)::integer AS running,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'done'), 0)::integer AS done,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'needs_support'), 0)::integer AS needs_support,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'failed'), 0)::integer AS failed,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'cancelled'), 0)::integer AS cancelled,
+				   coalesce(sum(m.n) FILTER (WHERE m.state = 'planned'), 0)::integer AS planned,
+				   coalesce(sum(m.n) FILTER (WHERE m.state IN ('queued', 'running')
+											 AND m.gateway = 'stripe'), 0)::integer AS stripe_unfinished,
+				   coalesce(sum(m.n) FILTER (WHERE m.state IN ('queued', 'running')
+											 AND m.gateway = 'chargebee'), 0)::integer AS chargebee_unfinished,
+				   coalesce(sum(m.n) FILTER (WHERE m.state IN ('queued', 'running')
+											 AND m.signup_via_api), 0)::integer AS signup_unfinished,
+				   max(m.finished_at) FILTER (WHERE m.state NOT IN ('queued', 'running'))
+					   AS last_finished_at
+			  FROM moves m
+			 GROUP BY m.batch
+		), folded AS (
+			DELETE FROM celloattr.batch_counts b
+			 WHERE b.ctid = ANY (ARRAY(
+					SELECT h.ctid FROM celloattr.batch_counts h
+					 WHERE h.batch IN (SELECT d.batch FROM delta d)
+					   FOR UPDATE SKIP LOCKED))
+			RETURNING b.*
+		)
+		INSERT INTO celloattr.batch_counts
+		SELECT x.batch, sum(x.queued), sum(x.running), sum(x.done), sum(x.needs_support),
+			   sum(x.failed), sum(x.cancelled), sum(x.planned), sum(x.stripe_unfinished),
+			   sum(x.chargebee_unfinished), sum(x.signup_unfinished), max(x.last_finished_at)
+		  FROM (SELECT * FROM delta UNION ALL SELECT * FROM folded) x
+		 GROUP BY x.batch;
+		PERFORM pg_notify('celloattr', n.id || ':' || n.state)
+		   FROM old_rows o JOIN new_rows n ON n.id = o.id
+		  WHERE o.state IN ('queued', 'running') AND n.state NOT IN ('queued', 'running');
+	ELSIF TG_OP = 'DELETE' THEN
+		INSERT INTO celloattr.batch_counts
+		SELECT o.batch,
+			   -count(*) FILTER (WHERE o.state = 'queued'),
+			   -count(*) FILTER (WHERE o.state = 'running'),
+			   -count(*) FILTER (WHERE o.state = 'done'),
+			   -count(*) FILTER (WHERE o.state = 'needs_support'),
+			   -count(*) FILTER (WHERE o.state = 'failed'),
+			   -count(*) FILTER (WHERE o.state = 'cancelled'),
+			   -count(*) FILTER (WHERE o.state = 'planned'),
+			   -count(*) FILTER (WHERE o.state IN ('queued', 'running') AND o.gateway = 'stripe'),
+			   -count(*) FILTER (WHERE o.state IN ('queued', 'running') AND o.gateway = 'chargebee'),
+			   -count(*) FILTER (WHERE o.state IN ('queued', 'running') AND o.signup_via_api),
+			   NULL
+		  FROM old_rows o
+		 WHERE o.batch IS NOT NULL
+		 GROUP BY o.batch;
+	ELSE
+		DELETE FROM celloattr.batch_counts;		-- TRUNCATE
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER attributions_counted_insert
+	AFTER INSERT ON celloattr.attributions REFERENCING NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION celloattr._count_attributions();
+CREATE TRIGGER attributions_counted_update
+	AFTER UPDATE ON celloattr.attributions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION celloattr._count_attributions();
+CREATE TRIGGER attributions_counted_delete
+	AFTER DELETE ON celloattr.attributions REFERENCING OLD TABLE AS old_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION celloattr._count_attributions();
+CREATE TRIGGER attributions_counted_truncate
+	AFTER TRUNCATE ON celloattr.attributions
+	FOR EACH STATEMENT EXECUTE FUNCTION celloattr._count_attributions();
 
 /*
  * Progress per request batch (attributions.batch: the statement, in its
  * transaction, that queued them), while it has work left and for 10 minutes
- * after the worker last finished one of its attributions.  requests_left
- * counts, per repair not finished, the requests its path makes at the
- * least (events to resend are known only once its payments step ran), and
- * eta divides them by the pacing rate of each provider (NULL with pacing
- * off).  Reads only the rows of the batches shown, through their indexes.
+ * after one of its attributions last finished.  requests_left counts, per
+ * repair not finished, the requests its path makes at the least (events to
+ * resend are known only once its payments step ran), and eta divides them
+ * by the pacing rate of each provider (NULL with pacing off).  It reads
+ * batch_counts only, through its indexes (and the first attribution of
+ * each batch shown, by its id).
  */
 CREATE VIEW celloattr.progress AS
 WITH shown AS (
-	SELECT DISTINCT u.batch FROM celloattr.attributions u
-	 WHERE u.state IN ('queued', 'running') AND u.batch IS NOT NULL
+	SELECT u.batch FROM celloattr.batch_counts u
+	 WHERE u.queued <> 0 OR u.running <> 0
 	UNION
-	SELECT r.batch FROM celloattr._recent_batches() AS r(batch)
+	SELECT r.batch FROM celloattr.batch_counts r
+	 WHERE r.last_finished_at > pg_catalog.now() - interval '10 minutes'
 ), counts AS (
-	SELECT a.batch,
-		   count(*) AS attributions,
-		   count(*) FILTER (WHERE a.state = 'queued') AS queued,
-		   count(*) FILTER (WHERE a.state = 'running') AS running,
-		   count(*) FILTER (WHERE a.state = 'done') AS done,
-		   count(*) FILTER (WHERE a.state = 'needs_support') AS needs_support,
-		   count(*) FILTER (WHERE a.state = 'failed') AS failed,
-		   count(*) FILTER (WHERE a.state IN ('cancelled', 'planned')) AS cancelled_or_planned,
-		   coalesce(sum(CASE a.gateway WHEN 'stripe' THEN 4 ELSE 0 END)
-			   FILTER (WHERE a.state IN ('queued', 'running')), 0) AS stripe_left,
-		   coalesce(sum(CASE a.gateway WHEN 'chargebee' THEN 3 ELSE 0 END)
-			   FILTER (WHERE a.state IN ('queued', 'running')), 0) AS chargebee_left,
-		   coalesce(sum(CASE WHEN a.signup_via_api THEN 2 ELSE 0 END)
-			   FILTER (WHERE a.state IN ('queued', 'running')), 0) AS cello_left,
-		   max(a.finished_at) AS last_finished_at
-	  FROM shown JOIN celloattr.attributions a ON a.batch = shown.batch
-	 GROUP BY a.batch
+	SELECT c.batch,
+		   sum(c.queued) AS queued, sum(c.running) AS running, sum(c.done) AS done,
+		   sum(c.needs_support) AS needs_support, sum(c.failed) AS failed,
+		   sum(c.cancelled) + sum(c.planned) AS cancelled_or_planned,
+		   4 * sum(c.stripe_unfinished) AS stripe_left,
+		   3 * sum(c.chargebee_unfinished) AS chargebee_left,
+		   2 * sum(c.signup_unfinished) AS cello_left,
+		   max(c.last_finished_at) AS last_finished_at
+	  FROM shown JOIN celloattr.batch_counts c ON c.batch = shown.batch
+	 GROUP BY c.batch
+	HAVING sum(c.queued + c.running + c.done + c.needs_support + c.failed + c.cancelled
+			   + c.planned) > 0
 ), rates AS (
 	SELECT pg_catalog.current_setting('celloattr.stripe_rate_limit', true)::double precision AS stripe,
 		   pg_catalog.current_setting('celloattr.chargebee_rate_limit', true)::double precision / 60 AS chargebee,
 		   pg_catalog.current_setting('celloattr.cello_rate_limit', true)::double precision AS cello
 )
-SELECT c.batch, f.requested_at, f.requested_by, f.reason, c.attributions,
+SELECT c.batch, f.requested_at, f.requested_by, f.reason,
+	   c.queued + c.running + c.done + c.needs_support + c.failed + c.cancelled_or_planned
+		   AS attributions,
 	   c.queued, c.running, c.done, c.needs_support, c.failed, c.cancelled_or_planned,
 	   c.stripe_left + c.chargebee_left + c.cello_left AS requests_left,
 	   CASE WHEN (c.stripe_left > 0 AND NOT r.stripe > 0)
@@ -513,7 +660,9 @@ SELECT c.batch, f.requested_at, f.requested_by, f.reason, c.attributions,
 	   c.last_finished_at
   FROM counts c
  CROSS JOIN rates r
-  LEFT JOIN celloattr.attributions f ON f.id = c.batch;
+  LEFT JOIN celloattr.attributions f ON f.id = c.batch
+ WHERE c.queued + c.running > 0
+	OR c.last_finished_at > pg_catalog.now() - interval '10 minutes';
 
 COMMENT ON VIEW celloattr.progress
 IS 'per request batch (the statement that queued it): attributions queued, running, done, needs_support, failed; requests left at the least and the time they take at the pacing rate';
@@ -645,7 +794,6 @@ GRANT SELECT ON celloattr.http_log TO celloattr_operator;
 
 /* Watching the work: progress for everyone who queues it; the worker's
  * statistics and a user's whole story (the HTTP log) for operators. */
-GRANT EXECUTE ON FUNCTION celloattr._recent_batches() TO celloattr_app;
 GRANT SELECT ON celloattr.progress TO celloattr_app;
 GRANT EXECUTE ON FUNCTION celloattr._worker_status(), celloattr.history(text)
 	TO celloattr_operator;

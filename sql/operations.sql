@@ -56,7 +56,8 @@ ALTER SYSTEM SET celloattr.stripe_rate_limit = 5;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.3);
 SELECT batch = :first AS first_batch, reason, requested_by = current_user AS by_me,
-	   attributions, queued, running, done, needs_support, failed, requests_left, eta
+	   attributions, queued, running, done, needs_support, failed, cancelled_or_planned,
+	   requests_left, eta
   FROM celloattr.progress WHERE batch >= :first ORDER BY batch;
 SELECT state, rate_per_second FROM celloattr.worker_status WHERE provider = 'stripe';
 ALTER SYSTEM RESET celloattr.stripe_rate_limit;
@@ -70,8 +71,10 @@ SELECT pg_reload_conf();
 SELECT count(celloattr.wait(id)) AS waited
   FROM celloattr.attributions WHERE new_user_id LIKE 'user-ops-%';
 SELECT batch = :first AS first_batch, attributions, queued, running, done, needs_support,
-	   failed, requests_left, eta, last_finished_at IS NOT NULL AS finished
+	   failed, cancelled_or_planned, requests_left, eta, last_finished_at IS NOT NULL AS finished
   FROM celloattr.progress WHERE batch >= :first ORDER BY batch;
+-- its counts are one row per batch once the worker is through
+SELECT count(*) AS rows_of_the_first_batch FROM celloattr.batch_counts WHERE batch = :first;
 SELECT requests_sent - :stripe_sent_before AS sent, answered_2xx - :stripe_2xx_before AS ok,
 	   requests_sent - :stripe_sent_before =
 	   answered_2xx + answered_4xx + answered_5xx + answered_429 + answered_other
@@ -119,11 +122,61 @@ SELECT count(*) AS no_such_user FROM celloattr.history('user-nobody');
 SELECT event, state, detail
   FROM celloattr.history('user-ops-cus_byid') WHERE event = 'support item';
 
+-- The counts behind progress agree with the attributions, batch by batch,
+-- whatever changed them: the worker, a forced repair, retry(), cancel(), a
+-- savepoint rolled back, a DELETE.  (miscounted: the batches whose counts
+-- and attributions differ.)
+CREATE TEMP VIEW miscounted AS
+SELECT x.batch FROM (
+	SELECT c.batch, c.queued, c.running, c.done, c.needs_support, c.failed, c.cancelled,
+		   c.planned, c.stripe_unfinished, c.chargebee_unfinished, c.signup_unfinished
+	  FROM celloattr.batch_counts c
+	UNION ALL
+	SELECT a.batch, -(a.state = 'queued')::int, -(a.state = 'running')::int,
+		   -(a.state = 'done')::int, -(a.state = 'needs_support')::int, -(a.state = 'failed')::int,
+		   -(a.state = 'cancelled')::int, -(a.state = 'planned')::int,
+		   -(a.state IN ('queued', 'running') AND a.gateway = 'stripe')::int,
+		   -(a.state IN ('queued', 'running') AND a.gateway = 'chargebee')::int,
+		   -(a.state IN ('queued', 'running') AND a.signup_via_api)::int
+	  FROM celloattr.attributions a WHERE a.batch IS NOT NULL
+) x(batch, q, r, d, n, f, c, p, s, b, u)
+ GROUP BY x.batch
+HAVING sum(q) <> 0 OR sum(r) <> 0 OR sum(d) <> 0 OR sum(n) <> 0 OR sum(f) <> 0 OR sum(c) <> 0
+	OR sum(p) <> 0 OR sum(s) <> 0 OR sum(b) <> 0 OR sum(u) <> 0;
+SELECT count(*) AS miscounted FROM miscounted;
+-- a failed repair retried is queued again, and its batch with it
+SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-ops-retried', 'stripe',
+								 customer_id => 'cus_missing', reason => 'retried') AS retried \gset
+SELECT celloattr.wait(:retried);
+ALTER SYSTEM SET celloattr.paused = on;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SELECT celloattr.retry(:retried) AS requeued;
+SELECT reason, attributions, queued, failed, requests_left FROM celloattr.progress WHERE batch = :retried;
+-- a cancel() rolled back to its savepoint leaves it queued; one committed cancels it
+BEGIN;
+SAVEPOINT s;
+SELECT celloattr.cancel(:retried) AS cancelled;
+SELECT queued, cancelled_or_planned FROM celloattr.progress WHERE batch = :retried;
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT queued, cancelled_or_planned FROM celloattr.progress WHERE batch = :retried;
+SELECT celloattr.cancel(:retried) AS cancelled;
+SELECT queued, cancelled_or_planned, requests_left FROM celloattr.progress WHERE batch = :retried;
+SELECT count(*) AS miscounted FROM miscounted;
+-- a batch whose attributions are deleted is gone from progress
+DELETE FROM celloattr.attributions WHERE id = :retried;
+SELECT count(*) AS deleted_batch_shown FROM celloattr.progress WHERE batch = :retried;
+SELECT count(*) AS miscounted FROM miscounted;
+ALTER SYSTEM SET celloattr.paused = off;
+SELECT pg_reload_conf();
+
 -- who may read what
 SET ROLE app_watch;
 SELECT count(*) >= 1 AS app_sees_progress FROM celloattr.progress;
 SELECT count(*) FROM celloattr.worker_status;
 SELECT count(*) FROM celloattr.history('user-ops-story');
+SELECT count(*) FROM celloattr.batch_counts;
 RESET ROLE;
 SET ROLE ops_watch;
 SELECT count(*) AS operator_sees_providers FROM celloattr.worker_status;

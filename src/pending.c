@@ -49,7 +49,6 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -114,7 +113,8 @@ static Oid	attributions_oid;
 static Oid	live_user_index_oid;
 static Oid	id_sequence_oid;
 
-static SPIPlanPtr flush_plan = NULL;
+/* [1]: with attributions.batch; [0]: for the objects of 1.0, without */
+static SPIPlanPtr flush_plans[2];
 
 static uint32
 user_key_hash(const void *key, Size keysize)
@@ -303,6 +303,25 @@ group_rows(const PendingRow *rows, int n)
 	return g;
 }
 
+/* The INSERT of a group (1.0's attributions lack the batch: $17 unused). */
+#define FLUSH_SQL(batch_column, batch_value) \
+	"WITH a AS (" \
+	"  INSERT INTO celloattr.attributions" \
+	"    (id, ucc, new_user_id, gateway, customer_id, email, name, organization_id," \
+	"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by," \
+	"     state, finished_at" batch_column ")" \
+	"  SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12," \
+	"                       $13, $14, $15, $16" batch_value ")" \
+	"), j AS (" \
+	"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)" \
+	"  SELECT p.id, p.kind, p.stage, p.state," \
+	"         'ca-' || i.install_id || '-' || p.id || '-' || p.kind" \
+	"    FROM unnest($18, $19, $20, $21) AS p(id, kind, stage, state)" \
+	"         CROSS JOIN celloattr.installation i" \
+	"  RETURNING 1" \
+	")" \
+	"SELECT count(*) FROM j"
+
 /* Insert one group, as its owner, with nothing of the caller's search_path. */
 static void
 write_group(FlushGroup *g)
@@ -314,6 +333,7 @@ write_group(FlushGroup *g)
 	bool		pushed_snapshot;
 	Oid		   *types = g->types;
 	Datum	   *params = g->params;
+	bool		with_batch;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(g->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
@@ -327,27 +347,13 @@ write_group(FlushGroup *g)
 		PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
-	celloattr_prepare(&flush_plan,
-			"WITH a AS ("
-			"  INSERT INTO celloattr.attributions"
-			"    (id, ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
-			"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by,"
-			"     state, finished_at, batch)"
-			"  SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-			"                       $13, $14, $15, $16, $17)"
-			"), j AS ("
-			"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)"
-			"  SELECT p.id, p.kind, p.stage, p.state,"
-			"         'ca-' || i.install_id || '-' || p.id || '-' || p.kind"
-			"    FROM unnest($18, $19, $20, $21) AS p(id, kind, stage, state)"
-			"         CROSS JOIN celloattr.installation i"
-			"  RETURNING 1"
-			")"
-			"SELECT count(*) FROM j",
-			NCOLUMNS + NJOBCOLUMNS, types);
+	with_batch = celloattr_attributions_have_batch();
+	celloattr_prepare(&flush_plans[with_batch],
+					  with_batch ? FLUSH_SQL(", batch", ", $17") : FLUSH_SQL("", ""),
+					  NCOLUMNS + NJOBCOLUMNS, types);
 	PG_TRY();
 	{
-		celloattr_execute(flush_plan, params, NULL, SPI_OK_SELECT);
+		celloattr_execute(flush_plans[with_batch], params, NULL, SPI_OK_SELECT);
 	}
 	PG_CATCH();
 	{
@@ -511,38 +517,6 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	add_row(row);
 	MemoryContextSwitchTo(old);
 	return id;
-}
-
-/*
- * The batch of the client statement that runs, in this transaction: a
- * repair query over many users, a COPY into a table with the attribute
- * trigger, or one call of the application.  It is named by the id of the
- * first attribution the statement queued, so it costs no lookup and sorts
- * as the statements came; celloattr.progress groups by it.
- */
-static LocalTransactionId batch_lxid = InvalidLocalTransactionId;
-static TimestampTz batch_statement_start = 0;
-static int64 batch_id = 0;
-
-int64
-celloattr_statement_batch(void)
-{
-	if (celloattr_my_lxid() != batch_lxid ||
-		GetCurrentStatementStartTimestamp() != batch_statement_start)
-		return 0;
-	return batch_id;
-}
-
-int64
-celloattr_join_batch(int64 id)
-{
-	if (celloattr_statement_batch() == 0)
-	{
-		batch_lxid = celloattr_my_lxid();
-		batch_statement_start = GetCurrentStatementStartTimestamp();
-		batch_id = id;
-	}
-	return batch_id;
 }
 
 bool

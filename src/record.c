@@ -37,7 +37,6 @@
 #include "dbtext.h"
 #include "providers.h"
 #include "record.h"
-#include "stats.h"
 #include "worker.h"
 
 /* How a step's row changes for its verdict. */
@@ -408,10 +407,7 @@ record_support(Job **jobs, const int16 *stages, int njobs)
  * Move attributions on (ids: their ids, locked by the caller): a stage
  * whose lower stages are all through becomes due; an attribution with
  * nothing left to do (or a failed step and nothing running) gets its final
- * state, and a NOTIFY celloattr, '<id>:<state>' that listeners get when
- * this transaction commits, so that they see the state it announces.  The
- * batches that had an attribution finish are reported to stats.c, for the
- * progress view.
+ * state.
  */
 void
 record_settle(ArrayColumn *ids)
@@ -434,30 +430,17 @@ record_settle(ArrayColumn *ids)
 			"            FILTER (WHERE state = 'failed'))[1] AS error"
 			"    FROM celloattr.jobs WHERE attribution_id = ANY ($1)"
 			"   GROUP BY attribution_id)"
-			", settled AS ("
-			"  UPDATE celloattr.attributions a"
-			"     SET state = CASE WHEN s.failed > 0 THEN 'failed'"
-			"                      WHEN a.dry_run THEN 'planned'"
-			"                      WHEN EXISTS (SELECT 1 FROM celloattr.support_items i"
-			"                                    WHERE i.attribution_id = a.id) THEN 'needs_support'"
-			"                      ELSE 'done' END,"
-			"         finished_at = pg_catalog.now(), last_error = s.error"
-			"    FROM s"
-			"   WHERE a.id = s.id AND a.state IN ('queued', 'running')"
-			"     AND s.active = 0 AND (s.waiting = 0 OR s.failed > 0)"
-			"  RETURNING a.id, a.state, a.batch)"
-			"SELECT DISTINCT batch FROM settled"
-			" WHERE pg_catalog.pg_notify('celloattr', id::text || ':' || state) IS NOT NULL"
-			"   AND batch IS NOT NULL",
-			ids, 1, SPI_OK_SELECT);
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		bool		isnull;
-
-		stats_batch_finished(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														 SPI_tuptable->tupdesc,
-														 1, &isnull)));
-	}
+			"UPDATE celloattr.attributions a"
+			"   SET state = CASE WHEN s.failed > 0 THEN 'failed'"
+			"                    WHEN a.dry_run THEN 'planned'"
+			"                    WHEN EXISTS (SELECT 1 FROM celloattr.support_items i"
+			"                                  WHERE i.attribution_id = a.id) THEN 'needs_support'"
+			"                    ELSE 'done' END,"
+			"       finished_at = pg_catalog.now(), last_error = s.error"
+			"  FROM s"
+			" WHERE a.id = s.id AND a.state IN ('queued', 'running')"
+			"   AND s.active = 0 AND (s.waiting = 0 OR s.failed > 0)",
+			ids, 1, SPI_OK_UPDATE);
 }
 
 /* The attributions of the recorded steps move on. */

@@ -52,12 +52,6 @@ typedef struct ProviderStats
 	char		last_error[LAST_ERROR_LEN];
 } ProviderStats;
 
-typedef struct RecentBatch
-{
-	int64		batch;
-	TimestampTz finished_at;	/* an attribution of it last finished */
-} RecentBatch;
-
 typedef struct WorkerStats
 {
 	slock_t		mutex;
@@ -71,7 +65,6 @@ typedef struct WorkerStats
 	uint64		claimed;
 	uint64		recorded;
 	ProviderStats providers[NPROVIDERS];
-	RecentBatch recent[STATS_RECENT_BATCHES];
 } WorkerStats;
 
 static WorkerStats *stats = NULL;
@@ -146,11 +139,17 @@ stats_worker_stopped(void)
 void
 stats_loop(WorkerState state, int running, int in_flight, int waiting)
 {
+	/* the worker's pacing rates: its settings (Chargebee's per minute) */
+	double		rates[NPROVIDERS] = {celloattr_stripe_rate_limit,
+		celloattr_chargebee_rate_limit / 60.0, celloattr_cello_rate_limit};
+
 	SpinLockAcquire(&stats->mutex);
 	stats->state = state;
 	stats->running = running;
 	stats->in_flight = in_flight;
 	stats->waiting = waiting;
+	for (size_t i = 0; i < NPROVIDERS; i++)
+		stats->providers[i].rate = rates[i];
 	SpinLockRelease(&stats->mutex);
 }
 
@@ -222,69 +221,15 @@ stats_answered(const HttpExchange *ex, const char *kind)
 }
 
 void
-stats_pace(const char *provider, double rate, TimestampTz closed_until)
+stats_pace(const char *provider, TimestampTz closed_until)
 {
 	ProviderStats *p = provider_stats(provider);
 
 	if (p == NULL)
 		return;
 	SpinLockAcquire(&stats->mutex);
-	p->rate = rate;
 	p->closed_until = closed_until;
 	SpinLockRelease(&stats->mutex);
-}
-
-void
-stats_batch_finished(int64 batch)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	int			oldest = 0;
-
-	SpinLockAcquire(&stats->mutex);
-	for (int i = 0; i < STATS_RECENT_BATCHES; i++)
-	{
-		if (stats->recent[i].batch == batch)
-		{
-			oldest = i;
-			break;
-		}
-		if (stats->recent[i].finished_at < stats->recent[oldest].finished_at)
-			oldest = i;
-	}
-	stats->recent[oldest].batch = batch;
-	stats->recent[oldest].finished_at = now;
-	SpinLockRelease(&stats->mutex);
-}
-
-/*
- * celloattr._recent_batches(): the batches an attribution of which
- * finished in the last STATS_RECENT_SECONDS, as far as the worker
- * remembers them.
- */
-PG_FUNCTION_INFO_V1(cello_recent_batches);
-Datum
-cello_recent_batches(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	RecentBatch recent[STATS_RECENT_BATCHES];
-	TimestampTz since = GetCurrentTimestamp() -
-		(TimestampTz) STATS_RECENT_SECONDS * USECS_PER_SEC;
-
-	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (stats == NULL)
-		return (Datum) 0;
-	SpinLockAcquire(&stats->mutex);
-	memcpy(recent, stats->recent, sizeof(recent));
-	SpinLockRelease(&stats->mutex);
-	for (int i = 0; i < STATS_RECENT_BATCHES; i++)
-	{
-		Datum		value = Int64GetDatum(recent[i].batch);
-		bool		isnull = false;
-
-		if (recent[i].finished_at > since)
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
-	}
-	return (Datum) 0;
 }
 
 /*

@@ -58,19 +58,8 @@ extern void stats_sent(const char *provider);
 /* Its answer (or transport error) came back, for the step kind. */
 extern void stats_answered(const HttpExchange *ex, const char *kind);
 
-/* A provider's pacing: requests per second (0: off), closed until (0: not
- * held back by a 429). */
-extern void stats_pace(const char *provider, double rate,
-					   TimestampTz closed_until);
-
-/*
- * An attribution of this batch (see celloattr.progress) just finished.
- * The view shows a batch while it has work left, and for
- * STATS_RECENT_SECONDS after an attribution of it last finished: the
- * worker remembers the STATS_RECENT_BATCHES batches it finished last.
- */
-#define STATS_RECENT_BATCHES 64
-#define STATS_RECENT_SECONDS 600
-extern void stats_batch_finished(int64 batch);
+/* A provider held back by a 429 until then (0: not held back).  Its
+ * pacing rate is read from the worker's settings in stats_loop(). */
+extern void stats_pace(const char *provider, TimestampTz closed_until);
 
 #endif							/* CELLOATTR_STATS_H */

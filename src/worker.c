@@ -526,27 +526,20 @@ static struct
 static void
 report_loop(void)
 {
-	WorkerState state = WORKER_IDLE;
 	dlist_iter	iter;
 	int			waiting = 0;
-	TimestampTz now = GetCurrentTimestamp();
 
-	if (loop.stop_at != 0)
-		state = WORKER_STOPPING;
-	else if (!loop.orphans_requeued)
-		state = WORKER_STARTING;
-	else if (celloattr_paused)
-		state = WORKER_PAUSED;
-	else if (!celloattr_secrets_ready())
-		state = WORKER_NO_SECRETS;
-	else if (running > 0 || finished != NIL)
-		state = WORKER_WORKING;
 	dlist_foreach(iter, &waiting_for_pace)
 		waiting++;
-	stats_loop(state, running, http_engine_in_flight(engine), waiting);
+	stats_loop(loop.stop_at != 0 ? WORKER_STOPPING :
+			   !loop.orphans_requeued ? WORKER_STARTING :
+			   celloattr_paused ? WORKER_PAUSED :
+			   !celloattr_secrets_ready() ? WORKER_NO_SECRETS :
+			   running > 0 || finished != NIL ? WORKER_WORKING : WORKER_IDLE,
+			   running, http_engine_in_flight(engine), waiting);
 	for (size_t i = 0; i < lengthof(paces); i++)
-		stats_pace(paces[i].provider, rate_per_second(&paces[i]),
-				   paces[i].closed_until > now ? paces[i].closed_until : 0);
+		stats_pace(paces[i].provider, paces[i].closed_until > GetCurrentTimestamp() ?
+				   paces[i].closed_until : 0);
 }
 
 /*

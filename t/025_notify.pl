@@ -1,8 +1,8 @@
 # t/025_notify.pl: a session that LISTENs on the channel celloattr hears
 # '<id>:<state>' once for each attribution as it finishes (done, failed,
-# planned by a dry run, cancelled by cancel() or by a forced repair that
-# supersedes it), only once the state is committed, and nothing for a
-# cancel() that rolled back.
+# planned by a dry run, also one finished in the call itself, cancelled by
+# cancel() or by a forced repair that supersedes it), only once the state
+# is committed, and nothing for a cancel() that rolled back.
 
 use strict;
 use warnings;
@@ -73,6 +73,15 @@ like($out, qr/Asynchronous notification "celloattr" with payload "\Q$done1:done\
 like($listener->query_safe("SELECT string_agg(id || ':' || state, ',' ORDER BY id)"
 		. " FROM celloattr.attributions WHERE id IN ($done1, $done2, $failed, $planned)"), qr/\Q$done1:done,$done2:done,$failed:$state{$failed},$planned:planned\E/,
 	'the listener reads the states it heard');
+
+# a dry run with nothing to read (cello_api) is finished in the call itself,
+# and heard when the call commits
+$out = '';
+my $instant = $node->safe_psql($db, q{
+	SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-n-instant', 'cello_api',
+	                                 email => 'instant@example.com', dry_run => true)});
+$payloads = heard("$instant:planned");
+is_deeply($payloads, ["$instant:planned"], 'a dry run finished in the call is heard too');
 
 # cancel() notifies when it commits, not when it rolls back; so does a
 # forced repair that cancels the attribution it supersedes
