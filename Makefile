@@ -14,6 +14,7 @@ OBJS = \
 	src/operator.o \
 	src/batch.o \
 	src/stats.o \
+	src/counts.o \
 	src/plans.o \
 	src/triggers.o \
 	src/launcher.o \

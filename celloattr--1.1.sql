@@ -457,11 +457,11 @@ IS 'the worker now: its state, transfers, and per provider the requests sent and
  * finished by the path they take (for the requests left), and when one of
  * them last finished.
  *
- * The statement triggers on attributions below keep it.  A statement that
- * queues attributions adds a row per batch; one that changes their states
- * adds a row of its changes per batch (+1 for the new state, -1 for the
- * old), into which it folds the rows of those batches that no other
- * transaction holds (FOR UPDATE SKIP LOCKED).  Nothing waits for a row of
+ * The statement triggers on attributions below keep it (src/counts.c).  A
+ * statement that queues attributions or changes their states adds a row of
+ * its changes per batch (+1 for the new state, -1 for the old), into which
+ * it folds the rows of those batches that no other transaction holds (FOR
+ * UPDATE SKIP LOCKED).  Nothing waits for a row of
  * this table, the worker least of all (an application's open transaction
  * that cancel()ed one attribution of a batch must not stall the recording
  * of all the others), and a batch keeps about one row per transaction
@@ -491,111 +491,15 @@ CREATE INDEX batch_counts_unfinished ON celloattr.batch_counts (batch)
 CREATE INDEX batch_counts_finished ON celloattr.batch_counts (last_finished_at);
 
 /*
- * The statement triggers of attributions: batch_counts, and a NOTIFY
- * celloattr, '<id>:<state>' for each attribution that finishes (in the
- * transaction that records it, however it does: the worker, cancel(), a
+ * The statement triggers of attributions (src/counts.c): batch_counts, and a
+ * NOTIFY celloattr, '<id>:<state>' for each attribution that finishes (in
+ * the transaction that records it, however it does: the worker, cancel(), a
  * forced repair superseding it, a dry run with nothing to read).
  */
 CREATE FUNCTION celloattr._count_attributions()
 RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF TG_OP = 'INSERT' THEN
-		INSERT INTO celloattr.batch_counts
-		SELECT n.batch,
-			   count(*) FILTER (WHERE n.state = 'queued'),
-			   count(*) FILTER (WHERE n.state = 'running'),
-			   count(*) FILTER (WHERE n.state = 'done'),
-			   count(*) FILTER (WHERE n.state = 'needs_support'),
-			   count(*) FILTER (WHERE n.state = 'failed'),
-			   count(*) FILTER (WHERE n.state = 'cancelled'),
-			   count(*) FILTER (WHERE n.state = 'planned'),
-			   count(*) FILTER (WHERE n.state IN ('queued', 'running') AND n.gateway = 'stripe'),
-			   count(*) FILTER (WHERE n.state IN ('queued', 'running') AND n.gateway = 'chargebee'),
-			   count(*) FILTER (WHERE n.state IN ('queued', 'running') AND n.signup_via_api),
-			   max(n.finished_at) FILTER (WHERE n.state NOT IN ('queued', 'running'))
-		  FROM new_rows n
-		 WHERE n.batch IS NOT NULL
-		 GROUP BY n.batch;
-		-- finished in this transaction (not restored by pg_restore)
-		PERFORM pg_notify('celloattr', n.id || ':' || n.state)
-		   FROM new_rows n
-		  WHERE n.state NOT IN ('queued', 'running') AND n.finished_at = now();
-	ELSIF TG_OP = 'UPDATE' THEN
-		WITH changed AS (
-			SELECT o.id, o.batch AS old_batch, o.state AS old_state,
-				   o.gateway AS old_gateway, o.signup_via_api AS old_signup,
-				   n.batch, n.state, n.gateway, n.signup_via_api, n.finished_at
-			  FROM old_rows o JOIN new_rows n ON n.id = o.id
-			 WHERE (o.batch, o.state, o.gateway, o.signup_via_api)
-				   IS DISTINCT FROM (n.batch, n.state, n.gateway, n.signup_via_api)
-		), moves AS (
-			SELECT c.batch, c.state, c.gateway, c.signup_via_api, 1 AS n, c.finished_at
-			  FROM changed c WHERE c.batch IS NOT NULL
-			UNION ALL
-			SELECT c.old_batch, c.old_state, c.old_gateway, c.old_signup, -1, NULL
-			  FROM changed c WHERE c.old_batch IS NOT NULL
-		), delta AS (
-			SELECT m.batch,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'queued'), 0)::integer AS queued,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'running'), 0)::integer AS running,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'done'), 0)::integer AS done,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'needs_support'), 0)::integer AS needs_support,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'failed'), 0)::integer AS failed,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'cancelled'), 0)::integer AS cancelled,
-				   coalesce(sum(m.n) FILTER (WHERE m.state = 'planned'), 0)::integer AS planned,
-				   coalesce(sum(m.n) FILTER (WHERE m.state IN ('queued', 'running')
-											 AND m.gateway = 'stripe'), 0)::integer AS stripe_unfinished,
-				   coalesce(sum(m.n) FILTER (WHERE m.state IN ('queued', 'running')
-											 AND m.gateway = 'chargebee'), 0)::integer AS chargebee_unfinished,
-				   coalesce(sum(m.n) FILTER (WHERE m.state IN ('queued', 'running')
-											 AND m.signup_via_api), 0)::integer AS signup_unfinished,
-				   max(m.finished_at) FILTER (WHERE m.state NOT IN ('queued', 'running'))
-					   AS last_finished_at
-			  FROM moves m
-			 GROUP BY m.batch
-		), folded AS (
-			DELETE FROM celloattr.batch_counts b
-			 WHERE b.ctid = ANY (ARRAY(
-					SELECT h.ctid FROM celloattr.batch_counts h
-					 WHERE h.batch IN (SELECT d.batch FROM delta d)
-					   FOR UPDATE SKIP LOCKED))
-			RETURNING b.*
-		)
-		INSERT INTO celloattr.batch_counts
-		SELECT x.batch, sum(x.queued), sum(x.running), sum(x.done), sum(x.needs_support),
-			   sum(x.failed), sum(x.cancelled), sum(x.planned), sum(x.stripe_unfinished),
-			   sum(x.chargebee_unfinished), sum(x.signup_unfinished), max(x.last_finished_at)
-		  FROM (SELECT * FROM delta UNION ALL SELECT * FROM folded) x
-		 GROUP BY x.batch;
-		PERFORM pg_notify('celloattr', n.id || ':' || n.state)
-		   FROM old_rows o JOIN new_rows n ON n.id = o.id
-		  WHERE o.state IN ('queued', 'running') AND n.state NOT IN ('queued', 'running');
-	ELSIF TG_OP = 'DELETE' THEN
-		INSERT INTO celloattr.batch_counts
-		SELECT o.batch,
-			   -count(*) FILTER (WHERE o.state = 'queued'),
-			   -count(*) FILTER (WHERE o.state = 'running'),
-			   -count(*) FILTER (WHERE o.state = 'done'),
-			   -count(*) FILTER (WHERE o.state = 'needs_support'),
-			   -count(*) FILTER (WHERE o.state = 'failed'),
-			   -count(*) FILTER (WHERE o.state = 'cancelled'),
-			   -count(*) FILTER (WHERE o.state = 'planned'),
-			   -count(*) FILTER (WHERE o.state IN ('queued', 'running') AND o.gateway = 'stripe'),
-			   -count(*) FILTER (WHERE o.state IN ('queued', 'running') AND o.gateway = 'chargebee'),
-			   -count(*) FILTER (WHERE o.state IN ('queued', 'running') AND o.signup_via_api),
-			   NULL
-		  FROM old_rows o
-		 WHERE o.batch IS NOT NULL
-		 GROUP BY o.batch;
-	ELSE
-		DELETE FROM celloattr.batch_counts;		-- TRUNCATE
-	END IF;
-	RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'cello_count_attributions'
+LANGUAGE C;
 
 CREATE TRIGGER attributions_counted_insert
 	AFTER INSERT ON celloattr.attributions REFERENCING NEW TABLE AS new_rows
