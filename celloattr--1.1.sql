@@ -459,14 +459,15 @@ IS 'the worker now: its state, transfers, and per provider the requests sent and
  *
  * The statement triggers on attributions below keep it (src/counts.c).  A
  * statement that queues attributions or changes their states adds a row of
- * its changes per batch (+1 for the new state, -1 for the old), into which
- * it folds the rows of those batches that no other transaction holds (FOR
- * UPDATE SKIP LOCKED).  Nothing waits for a row of
+ * its changes per batch (+1 for the new state, -1 for the old); a change of
+ * states folds into it the rows of those batches that no other transaction
+ * holds (FOR UPDATE SKIP LOCKED).  Nothing waits for a row of
  * this table, the worker least of all (an application's open transaction
  * that cancel()ed one attribution of a batch must not stall the recording
  * of all the others), and a batch keeps about one row per transaction
- * changing it at the same time.  pg_dump keeps no rows of it: restoring
- * attributions counts them again.
+ * changing it at the same time (and one per INSERT of a bulk repair until
+ * the worker's first claim folds them).  pg_dump keeps no rows of it:
+ * restoring attributions counts them again.
  */
 CREATE TABLE celloattr.batch_counts (
 	batch bigint NOT NULL,

@@ -161,7 +161,10 @@ SELECT queued, cancelled_or_planned FROM celloattr.progress WHERE batch = :retri
 ROLLBACK TO SAVEPOINT s;
 COMMIT;
 SELECT queued, cancelled_or_planned FROM celloattr.progress WHERE batch = :retried;
+-- (in a transaction reading from one snapshot, which adds its row without folding)
+BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT celloattr.cancel(:retried) AS cancelled;
+COMMIT;
 SELECT queued, cancelled_or_planned, requests_left FROM celloattr.progress WHERE batch = :retried;
 SELECT count(*) AS miscounted FROM miscounted;
 -- a batch whose attributions are deleted is gone from progress

@@ -13,13 +13,15 @@
  * their state, the rows before -1, per batch.  A batch whose counts did not
  * move (the worker writing what it learned into an attribution's plan) costs
  * a scan of those rows and nothing else; the others get one statement that
- * adds a row of the changes per batch to batch_counts and folds into it the
- * rows of those batches that no other transaction holds (FOR UPDATE SKIP
- * LOCKED).  Nothing ever waits for a row of batch_counts, the worker least
- * of all: an application's open transaction that cancel()ed one attribution
- * of a bulk repair holds that batch's row, and the worker, recording the
- * rest of the batch, adds rows of its own beside it.  A batch keeps about
- * one row per transaction changing it at the same time.
+ * adds a row of the changes per batch to batch_counts.  A change of states
+ * also folds into that row the rows of its batches that no other
+ * transaction holds (FOR UPDATE SKIP LOCKED).  Nothing ever waits for a row
+ * of batch_counts, the worker least of all: an application's open
+ * transaction that cancel()ed one attribution of a bulk repair holds that
+ * batch's row, and the worker, recording the rest of the batch, adds rows
+ * of its own beside it.  A batch keeps about one row per transaction
+ * changing it at the same time, plus a row per INSERT of its queueing
+ * statement until the worker's first claim folds them.
  *
  * An attribution finishes when a statement writes it in a final state with
  * finished_at = now(): the worker's, cancel()'s and a superseding repair's
@@ -80,6 +82,7 @@ typedef struct Columns
 } Columns;
 
 static SPIPlanPtr add_plan = NULL;
+static SPIPlanPtr fold_plan = NULL;
 static SPIPlanPtr truncate_plan = NULL;
 
 static int
@@ -199,9 +202,22 @@ end_as_owner(AsOwner *as)
 	SetUserIdAndSecContext(as->save_userid, as->save_sec_context);
 }
 
-/* Add the batches whose counts moved to batch_counts, folding their rows. */
+/* The rows of the changes, from the array parameters $1..$12. */
+#define DELTA_ROWS \
+	"ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)," \
+	"     pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)," \
+	"     pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8)," \
+	"     pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11)," \
+	"     pg_catalog.unnest($12))" \
+	"  AS d(batch, queued, running, done, needs_support, failed, cancelled, planned," \
+	"       stripe_unfinished, chargebee_unfinished, signup_unfinished, last_finished_at)"
+
+/*
+ * Add the batches whose counts moved to batch_counts; with fold, folding
+ * in the rows of theirs that nobody holds.
+ */
 static void
-write_deltas(HTAB *deltas, Oid owner)
+write_deltas(HTAB *deltas, Oid owner, bool fold)
 {
 	static const Oid types[NCOUNTS + 2] = {INT8OID,
 		INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID,
@@ -232,32 +248,29 @@ write_deltas(HTAB *deltas, Oid owner)
 		return;
 
 	begin_as_owner(&as, owner);
-	celloattr_execute_columns(&add_plan,
-			"WITH d AS ("
-			"  SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-			"       pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-			"       pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-			"       pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
-			"       pg_catalog.unnest($12))"
-			"    AS d(batch, queued, running, done, needs_support, failed, cancelled, planned,"
-			"         stripe_unfinished, chargebee_unfinished, signup_unfinished, last_finished_at)"
-			"), folded AS ("
-			"  DELETE FROM celloattr.batch_counts b"
-			"   WHERE b.ctid = ANY (ARRAY("
-			"          SELECT h.ctid FROM celloattr.batch_counts h"
-			"           WHERE h.batch = ANY ($1) FOR UPDATE SKIP LOCKED))"
-			"  RETURNING b.*"
-			")"
-			"INSERT INTO celloattr.batch_counts"
-			" SELECT x.batch, pg_catalog.sum(x.queued), pg_catalog.sum(x.running),"
-			"        pg_catalog.sum(x.done), pg_catalog.sum(x.needs_support),"
-			"        pg_catalog.sum(x.failed), pg_catalog.sum(x.cancelled),"
-			"        pg_catalog.sum(x.planned), pg_catalog.sum(x.stripe_unfinished),"
-			"        pg_catalog.sum(x.chargebee_unfinished), pg_catalog.sum(x.signup_unfinished),"
-			"        pg_catalog.max(x.last_finished_at)"
-			"   FROM (SELECT * FROM d UNION ALL SELECT * FROM folded) x"
-			"  GROUP BY x.batch",
-			cols, NCOUNTS + 2, SPI_OK_INSERT);
+	if (fold)
+		celloattr_execute_columns(&fold_plan,
+				"WITH d AS (SELECT * FROM " DELTA_ROWS "), folded AS ("
+				"  DELETE FROM celloattr.batch_counts b"
+				"   WHERE b.ctid = ANY (ARRAY("
+				"          SELECT h.ctid FROM celloattr.batch_counts h"
+				"           WHERE h.batch = ANY ($1) FOR UPDATE SKIP LOCKED))"
+				"  RETURNING b.*"
+				")"
+				"INSERT INTO celloattr.batch_counts"
+				" SELECT x.batch, pg_catalog.sum(x.queued), pg_catalog.sum(x.running),"
+				"        pg_catalog.sum(x.done), pg_catalog.sum(x.needs_support),"
+				"        pg_catalog.sum(x.failed), pg_catalog.sum(x.cancelled),"
+				"        pg_catalog.sum(x.planned), pg_catalog.sum(x.stripe_unfinished),"
+				"        pg_catalog.sum(x.chargebee_unfinished), pg_catalog.sum(x.signup_unfinished),"
+				"        pg_catalog.max(x.last_finished_at)"
+				"   FROM (SELECT * FROM d UNION ALL SELECT * FROM folded) x"
+				"  GROUP BY x.batch",
+				cols, NCOUNTS + 2, SPI_OK_INSERT);
+	else
+		celloattr_execute_columns(&add_plan,
+				"INSERT INTO celloattr.batch_counts SELECT * FROM " DELTA_ROWS,
+				cols, NCOUNTS + 2, SPI_OK_INSERT);
 	end_as_owner(&as);
 }
 
@@ -312,7 +325,14 @@ cello_count_attributions(PG_FUNCTION_ARGS)
 		count_rows(trig->tg_newtable, desc, &c, 1, deltas);
 	if (trig->tg_oldtable)
 		count_rows(trig->tg_oldtable, desc, &c, -1, deltas);
-	write_deltas(deltas, rel->rd_rel->relowner);
+	/*
+	 * Changes of state fold.  New rows need not (the worker's first claim
+	 * of a bulk repair folds its rows), nor can a transaction that reads
+	 * from one snapshot: locking a row another transaction folded since
+	 * would fail it with a serialization error.
+	 */
+	write_deltas(deltas, rel->rd_rel->relowner,
+				 TRIGGER_FIRED_BY_UPDATE(trig->tg_event) && !IsolationUsesXactSnapshot());
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	return PointerGetDatum(NULL);
