@@ -16,10 +16,14 @@ OBJS = \
 	src/stats.o \
 	src/counts.o \
 	src/plans.o \
+	src/trigger_args.o \
 	src/triggers.o \
 	src/launcher.o \
 	src/worker.o \
+	src/pace.o \
+	src/lease.o \
 	src/queue.o \
+	src/orphans.o \
 	src/record.o \
 	src/dbtext.o \
 	src/outcomes.o \
@@ -27,10 +31,14 @@ OBJS = \
 	src/retention.o \
 	src/http.o \
 	src/job.o \
+	src/eventindex.o \
+	src/sweep.o \
 	src/json.o \
 	src/encode.o \
 	src/stripe.o \
+	src/stripe_payments.o \
 	src/chargebee.o \
+	src/chargebee_payments.o \
 	src/cello.o \
 	src/version.o
 

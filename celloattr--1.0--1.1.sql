@@ -108,14 +108,12 @@ BEGIN
 			USING ERRCODE = 'no_data_found';
 	END IF;
 
-	-- only the steps whose request carries no idempotency key were set
-	-- aside unsent-or-not: their kinds (src/job.c's steps that are not
-	-- replay-safe)
+	-- the worker sets aside, with this mark, only a step whose request
+	-- carries no idempotency key and may have arrived (src/job.c)
 	UPDATE celloattr.jobs j
 	   SET state = 'queued', delivered_per = session_user,
 		   next_attempt_at = now(), lease_until = NULL, finished_at = NULL
 	 WHERE j.attribution_id = a.id AND j.state = 'failed'
-	   AND j.kind IN ('cello_signup', 'cello_transaction', 'chargebee_redeliver')
 	   AND j.last_error LIKE 'set aside:%';
 	GET DIAGNOSTICS confirmed = ROW_COUNT;
 	IF confirmed = 0 THEN
@@ -137,6 +135,90 @@ COMMENT ON FUNCTION celloattr.mark_delivered(bigint)
 IS 'the provider has the events of the steps set aside for want of an idempotency key: the worker records them as sent, without sending, and carries on';
 REVOKE ALL ON FUNCTION celloattr.mark_delivered(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION celloattr.mark_delivered(bigint) TO celloattr_operator;
+
+/*
+ * A row of the application's that was invalid and had no invoice id
+ * stands for no other row: each one is kept in the support report (1.0
+ * kept the first only).
+ */
+DROP INDEX celloattr.support_items_event;
+CREATE UNIQUE INDEX support_items_event
+	ON celloattr.support_items (attribution_id, trigger, coalesce(invoice_id, ''))
+	WHERE invoice_id IS NOT NULL OR job_id IS NOT NULL;
+
+/*
+ * The index of the providers' payment events (Stripe's invoice.paid,
+ * Chargebee's payment_succeeded) inside the transaction window, shared by
+ * every repair: the worker pages through a provider's event list once,
+ * then only through what is newer, and the payment steps read their
+ * customer's events here instead of listing the account's events each.
+ * Events older than the window leave with it.  Not dumped: it is a copy of
+ * what the providers hold, rebuilt by the next sweep (a restored database
+ * starts with empty sweeps, so nothing reads a stale copy).
+ */
+CREATE TABLE celloattr.payment_events (
+	provider text NOT NULL CHECK (provider IN ('stripe', 'chargebee')),
+	event_id text NOT NULL,
+	customer_id text NOT NULL,
+	occurred_at timestamptz NOT NULL,
+	invoice_id text,
+	-- the event as listed, for a provider whose events are re-posted
+	-- unchanged (Chargebee); NULL where the provider resends by id (Stripe)
+	event text,
+	indexed_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (provider, event_id)
+);
+CREATE INDEX payment_events_customer
+	ON celloattr.payment_events (provider, customer_id, occurred_at);
+/* ...and the window's end: the oldest go first */
+CREATE INDEX payment_events_occurred ON celloattr.payment_events (provider, occurred_at);
+
+/*
+ * One row per provider: what the index covers, and the listing in progress.
+ * Every event that occurred from covered_from on and became visible before
+ * covered_until is indexed.  A listing keeps one window start (listing_from)
+ * for all its pages and goes on from cursor, so an interrupted one resumes
+ * from its last page; swept_by is the step that reads its pages, waiters
+ * the steps it wakes when it is complete.
+ */
+CREATE TABLE celloattr.event_sweeps (
+	provider text PRIMARY KEY CHECK (provider IN ('stripe', 'chargebee')),
+	covered_from timestamptz,
+	covered_until timestamptz,
+	high_water timestamptz,
+	finished_at timestamptz,
+	listing_from timestamptz,
+	listing_started_at timestamptz,
+	listing_full boolean NOT NULL DEFAULT false,
+	cursor text,
+	pages integer NOT NULL DEFAULT 0,
+	swept_by bigint,
+	waiters bigint[] NOT NULL DEFAULT '{}'
+);
+INSERT INTO celloattr.event_sweeps (provider) VALUES ('stripe'), ('chargebee');
+
+/* TRUNCATE of the index starts it over: nothing may read it as covered. */
+CREATE FUNCTION celloattr._payment_events_truncated()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE celloattr.event_sweeps
+	   SET covered_from = NULL, covered_until = NULL, high_water = NULL,
+		   listing_from = NULL, listing_started_at = NULL, cursor = NULL, pages = 0;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER payment_events_truncated
+	AFTER TRUNCATE ON celloattr.payment_events
+	FOR EACH STATEMENT EXECUTE FUNCTION celloattr._payment_events_truncated();
+REVOKE ALL ON FUNCTION celloattr._payment_events_truncated() FROM PUBLIC;
+
+/* How far the event index is (app); the events themselves hold the
+ * providers' customer data, like the HTTP log (operators). */
+GRANT SELECT ON celloattr.event_sweeps TO celloattr_app;
+GRANT SELECT ON celloattr.payment_events TO celloattr_operator;
 
 /*
  * Watching the work (1.1): the request batch of each attribution, the

@@ -122,13 +122,16 @@ check_jsonb_text(struct json_object *obj)
 	char	   *text = json_text(obj);
 	char	   *stored = json_for_jsonb(text);
 	struct json_object *back = json_parse(stored);
+	char	   *text_again;
 	char	   *again;
 
 	CHECK(back != NULL);
 	CHECK(!holds_nul(back));
-	again = json_for_jsonb(json_text(back));
+	text_again = json_text(back);
+	again = json_for_jsonb(text_again);
 	CHECK(strcmp(again, stored) == 0);
 	json_object_put(back);
+	pfree(text_again);
 	pfree(again);
 	pfree(stored);
 	pfree(text);

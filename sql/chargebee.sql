@@ -72,9 +72,10 @@ TRUNCATE fake_requests;
 SELECT r->>'method' AS method, r->>'path' AS path, r->>'body' AS body, r->>'status' AS status,
 	   (r->'headers'->>'chargebee-idempotency-key') IS NOT NULL AS has_key
   FROM fake_requests WHERE r->>'path' LIKE '%cb_byid%' ORDER BY r->>'seq';
--- the event listings (of the three payments steps so far): inside the
--- window, following next_offset; then the older ones since the customer
--- was created
+-- the event listings: the index's, shared by the payments steps so far
+-- (the whole window, following next_offset, then what is newer), and the
+-- older payments since the customer was created, listed only for the one
+-- customer created before the window
 SELECT regexp_replace(regexp_replace(regexp_replace(r->>'query',
 		 'occurred_at%5Bafter%5D=[0-9]+', 'occurred_at%5Bafter%5D=<window start>'),
 		 'occurred_at%5Bbetween%5D=%5B[0-9]+%2C[0-9]+%5D', 'occurred_at%5Bbetween%5D=[<created>,<window start>]'),

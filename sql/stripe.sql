@@ -35,7 +35,10 @@ SELECT celloattr.wait(:byid), celloattr.wait(:meta), celloattr.wait(:email),
 
 SELECT new_user_id, state, customer_id, last_error
   FROM celloattr.attributions WHERE id IN (:byid, :meta, :email, :none, :dup, :gone) ORDER BY id;
-SELECT a.new_user_id, j.kind, j.stage, j.state, j.attempts, j.payload
+-- (a payments step knows when its customer was created: whether any of its
+-- invoices can be older than the window)
+SELECT a.new_user_id, j.kind, j.stage, j.state, j.attempts, j.payload - 'customer_since' AS payload,
+	   (j.payload->>'customer_since')::bigint > 0 AS customer_since
   FROM celloattr.jobs j JOIN celloattr.attributions a ON a.id = j.attribution_id
  WHERE a.id IN (:byid, :meta, :email) ORDER BY a.id, j.stage, j.payload->>'event';
 
@@ -68,6 +71,15 @@ SELECT r->>'method' AS method, r->>'path' AS path, r->>'query' AS query,
 -- the event listing follows Stripe's pagination
 SELECT DISTINCT regexp_replace(r->>'query', 'created%5Bgte%5D=[0-9]+', 'created%5Bgte%5D=<window start>') AS events_pages
   FROM fake_requests WHERE r->>'path' = '/v1/events' ORDER BY 1;
+-- those pages filled the shared index, which every repair read
+SELECT provider, covered_until > now() - interval '5 minutes' AS covered, listing_from IS NULL AS idle,
+	   swept_by IS NULL AS free, waiters
+  FROM celloattr.event_sweeps ORDER BY provider;
+SELECT provider, count(*) AS indexed, count(*) FILTER (WHERE event IS NOT NULL) AS with_body
+  FROM celloattr.payment_events GROUP BY provider;
+SELECT count(*) FILTER (WHERE r->>'path' = '/v1/events') AS event_pages,
+	   count(*) FILTER (WHERE r->>'path' = '/v1/invoices') AS invoice_listings
+  FROM fake_requests;
 -- every POST carries the step's own idempotency key
 SELECT count(*) AS posts, count(*) FILTER (WHERE j.id IS NOT NULL) AS keyed_by_a_step
   FROM fake_requests f
@@ -96,7 +108,7 @@ SELECT celloattr.cello_attribute('UIPIWa2Hnnr', 'user-dry', 'stripe',
 	email => 'dry@example.com', dry_run => true) AS dry \gset
 SELECT celloattr.wait(:dry);
 SELECT state, plan FROM celloattr.attributions WHERE id = :dry;
-SELECT kind, state, payload FROM celloattr.jobs WHERE attribution_id = :dry ORDER BY stage;
+SELECT kind, state, payload - 'customer_since' AS payload FROM celloattr.jobs WHERE attribution_id = :dry ORDER BY stage;
 SELECT count(*) AS support_rows FROM celloattr.support_report(:dry);
 TRUNCATE fake_requests;
 \copy fake_requests (r) from program 'test/fake/fakectl requests --provider stripe --copy'

@@ -27,6 +27,11 @@ SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now(), 'monthly
 SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now(), 'monthly', 'Pro', seats => -1);
 SELECT celloattr.cello_transaction('user-tx', E'in_\r1', 10, 'EUR', now(), 'monthly', 'Pro');
 SELECT celloattr.cello_transaction('user-tx', 'in_1', 10, 'EUR', now() + interval '2 days', 'monthly', 'Pro');
+-- an amount Cello cannot take as a JSON number, or no invoice has
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 'NaN', 'EUR', now(), 'monthly', 'Pro');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', '-Infinity', 'EUR', now(), 'monthly', 'Pro');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', 1e15, 'EUR', now(), 'monthly', 'Pro');
+SELECT celloattr.cello_transaction('user-tx', 'in_1', -12345678901234567890123, 'EUR', now(), 'monthly', 'Pro');
 SELECT count(*) AS registered FROM celloattr.transactions;
 
 -- inside the window: queued after the signup step

@@ -286,6 +286,18 @@ SELECT invoice_id, trigger, amount, seats FROM celloattr.transactions WHERE invo
 SELECT invoice_id, trigger, price, currency, product_key, event_timestamp IS NOT NULL AS has_time, reason
   FROM celloattr.support_report()
  WHERE new_user_id = '7301' AND invoice_id LIKE 'b_%' ORDER BY invoice_id;
+-- rows without an invoice id each reach the report: none stands for another
+CREATE TABLE loose_bills AS SELECT * FROM bills WHERE false;
+CREATE TRIGGER loose_bills_transaction
+	AFTER INSERT ON loose_bills
+	FOR EACH ROW EXECUTE FUNCTION celloattr.transaction_trigger(
+		'new_user_id=user_id', 'invoice_id=id', 'amount=amount', 'currency=currency',
+		'paid_at=paid_at', 'status=status', 'product_key=plan', 'invalid=warn');
+INSERT INTO loose_bills VALUES (NULL, '7301', '49', 'EUR', (now() - interval '1 day')::text, 'paid', 'Pro', NULL, 'no id'),
+	(NULL, '7301', '59', 'EUR', (now() - interval '2 days')::text, 'paid', 'Pro', NULL, 'no id either');
+SELECT price, reason FROM celloattr.support_report()
+ WHERE new_user_id = '7301' AND invoice_id IS NULL ORDER BY price;
+DROP TABLE loose_bills;
 -- a user deleted since: their attribution stays, and so do their invoices' events
 DELETE FROM users WHERE id = 7301;
 UPDATE bills SET status = 'refunded' WHERE id = 'b13';

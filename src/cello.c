@@ -23,7 +23,7 @@
  * acknowledgement is recorded.  An event whose fate is unknown (the
  * answer lost after the request went out, or the worker gone while it was
  * in flight) is set aside for an operator instead of sent again
- * (job_unsure_if_sent(), queue.c's requeue): a second event could pay a
+ * (job_unsure_if_sent(), orphans.c's requeue): a second event could pay a
  * referrer twice.
  *
  * Events that cannot go through the API (no credentials, older than the

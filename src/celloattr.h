@@ -210,9 +210,9 @@ typedef struct TransactionRequest
  * the user (NULL or empty too) has none. */
 extern int64 celloattr_cello_attribution_of(const char *new_user_id);
 
-/* Validate (ERROR when invalid) and register one transaction of that
- * attribution; the transaction's id (that of the same invoice and trigger
- * when registered before). */
+/* Register one transaction of that attribution, validated by the caller
+ * (celloattr_validate_transaction); the transaction's id (that of the same
+ * invoice and trigger when registered before). */
 extern int64 celloattr_register_transaction(int64 attribution_id,
 											const TransactionRequest *req);
 

@@ -7,17 +7,14 @@
  *	                       field cf_new_user_id when the site uses custom
  *	                       fields, else by exact email), refuse a
  *	                       conflicting cello_ucc unless forced, write our keys
- *	  chargebee_payments   list payment_succeeded events: those inside the
- *	                       window get a chargebee_redeliver step each, older
- *	                       ones of the customer go to the support report
+ *	  chargebee_payments   (chargebee_payments.c) the customer's payments
  *	  chargebee_redeliver  POST the event's JSON to Cello's Chargebee webhook
  *	                       with its basic auth (Chargebee has no resend API)
  *
  * Chargebee replaces meta_data wholesale on update, so the customer's
  * meta_data object is read, our keys merged into it, and the whole object
  * written back.  Every POST carries the step's idempotency key in
- * chargebee-idempotency-key.  GET /events has no customer filter: events
- * are filtered here on the customer they belong to.
+ * chargebee-idempotency-key.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,22 +27,12 @@
 #include "json.h"
 #include "providers.h"
 
-#define PAGE_LIMIT "100"
-/* pages of in-window events read before the listing is deemed runaway */
-#define MAX_PAGES 200
-/* pages of older events read for the support report (site-wide listing) */
-#define MAX_OLD_PAGES 20
-/* Chargebee's limits reset after about a minute; Retry-After is not documented */
-#define CHARGEBEE_RETRY_AFTER 60.0
-
 typedef enum CbPhase
 {
 	FIND_BY_ID,
 	FIND_BY_CUSTOM_FIELD,
 	FIND_BY_EMAIL,
-	UPDATE_CUSTOMER,
-	LIST_RECENT,
-	LIST_OLD
+	UPDATE_CUSTOMER
 } CbPhase;
 
 typedef struct CbState
@@ -53,14 +40,10 @@ typedef struct CbState
 	CbPhase		phase;
 	char	   *customer;
 	int64		customer_since; /* its created_at (unix s), 0 if unknown */
-	int64		window_start;	/* unix s, fixed for the whole listing */
-	int			pages;
-	StringInfoData plan_events; /* JSON array items */
-	StringInfoData plan_too_old;
 } CbState;
 
 /* Chargebee's error body (and Cello's webhook's) says it in "message". */
-static char *
+char *
 chargebee_message(const char *body)
 {
 	return json_message_at(body, "message");
@@ -70,21 +53,12 @@ static CbState *
 state_of(Job *job)
 {
 	if (job->state == NULL)
-	{
-		CbState    *st = palloc0(sizeof(CbState));
-
-		initStringInfo(&st->plan_events);
-		initStringInfo(&st->plan_too_old);
-		job->state = st;
-	}
+		job->state = palloc0(sizeof(CbState));
 	return (CbState *) job->state;
 }
 
-static HttpExchange *chargebee_request(Job *job, const char *method,
-									   const char *path_fmt,...) pg_attribute_printf(3, 4);
-
 /* A request to Chargebee with its authentication; NULL (job failed) if unset. */
-static HttpExchange *
+HttpExchange *
 chargebee_request(Job *job, const char *method, const char *path_fmt,...)
 {
 	HttpExchange *ex;
@@ -357,177 +331,6 @@ customer_response(Job *job, HttpExchange *ex)
 const StepOps chargebee_customer_step = {
 	.kind = "chargebee_customer", .provider = "chargebee",
 	.start = customer_start, .on_response = customer_response,
-	.replay_safe = true
-};
-
-/* ---------------------------------------------------- chargebee_payments */
-
-/*
- * The payments inside the window, oldest first; then (phase LIST_OLD) the
- * older ones from the customer's creation on, newest first.
- */
-static void
-list_events(Job *job, CbPhase phase, const char *offset)
-{
-	CbState    *st = state_of(job);
-	char	   *filter = phase == LIST_RECENT
-		? psprintf("occurred_at%%5Bafter%%5D=%lld&sort_by%%5Basc%%5D=occurred_at",
-				   (long long) st->window_start)
-		: psprintf("occurred_at%%5Bbetween%%5D=%s&sort_by%%5Bdesc%%5D=occurred_at",
-				   url_escape(psprintf("[%lld,%lld]", (long long) st->customer_since,
-									   (long long) st->window_start)));
-
-	send_in_phase(job, chargebee_request(job, "GET",
-										 "/events?event_type%%5Bis%%5D=payment_succeeded&%s&limit=" PAGE_LIMIT "%s%s",
-										 filter, offset ? "&offset=" : "",
-										 offset ? url_escape(offset) : ""),
-				  phase);
-}
-
-static void
-payments_start(Job *job)
-{
-	CbState    *st = state_of(job);
-	struct json_object *payload = json_parse(job->payload);
-
-	st->customer = json_string_at(payload, "customer");
-	(void) json_int_at(payload, "customer_since", &st->customer_since);
-	st->window_start = (int64) timestamptz_to_time_t(job_window_start());
-	json_object_put(payload);
-	if (st->customer == NULL)
-		job_fail(job, "chargebee_payments step without a customer in its payload");
-	else
-		list_events(job, LIST_RECENT, NULL);
-}
-
-/* A payment too old to replay: to the report with its event's fields. */
-static void
-report_payment(Job *job, struct json_object *event, int64 occurred_at)
-{
-	static const char *const currency_paths[] = {"content.transaction.currency_code",
-		"content.invoice.currency_code", NULL};
-	static const char *const invoice_paths[] = {"content.invoice.id",
-		"content.transaction.linked_invoices.0.invoice_id", "content.transaction.id", NULL};
-	static const char *const subscription_paths[] = {"content.subscription.id",
-		"content.transaction.subscription_id", "content.invoice.subscription_id", NULL};
-	static const char *const product_paths[] = {"content.invoice.line_items.0.description",
-		"content.subscription.plan_id", "content.subscription.subscription_items.0.item_price_id", NULL};
-	CbState    *st = state_of(job);
-	struct json_object *content = json_at(event, "content");
-	SupportItem *s;
-	char	   *currency;
-	int64		amount;
-	int64		count = 1;
-	int64		seats;
-
-	s = job_support(job, "invoice-paid", job_too_old_reason());
-	s->has_timestamp = true;
-	s->event_timestamp = time_t_to_timestamptz((pg_time_t) occurred_at);
-	currency = json_first_string(event, currency_paths);
-	if (currency)
-		s->currency = currency_code(currency);
-	if (json_int_at(content, "transaction.amount", &amount) ||
-		json_int_at(content, "invoice.amount_paid", &amount))
-		s->price = major_units(amount, currency);
-	s->invoice_id = json_first_string(event, invoice_paths);
-	if (s->invoice_id == NULL)
-		s->invoice_id = json_string_at(event, "id");
-	s->subscription_id = json_first_string(event, subscription_paths);
-	s->product_key = json_first_string(event, product_paths);
-	(void) json_int_at(content, "subscription.billing_period", &count);
-	s->interval = cello_interval(json_string_at(content, "subscription.billing_period_unit"), count);
-	if (json_int_at(content, "subscription.plan_quantity", &seats) ||
-		json_int_at(content, "subscription.subscription_items.0.quantity", &seats))
-	{
-		s->has_seats = true;
-		s->seats = (int32) seats;
-	}
-	appendStringInfo(&st->plan_too_old, "%s%s", st->plan_too_old.len ? ", " : "",
-					 json_quote(json_string_at(event, "id") ? json_string_at(event, "id") : "?"));
-}
-
-/* The customer's events of one page: replay the recent, report the old. */
-static void
-read_events(Job *job, CbState *st, struct json_object *list)
-{
-	/* GET /events has no customer filter: whose payment it is */
-	static const char *const customer_paths[] = {"content.customer.id",
-		"content.transaction.customer_id", "content.invoice.customer_id", NULL};
-	size_t		n = json_object_array_length(list);
-
-	for (size_t i = 0; i < n; i++)
-	{
-		struct json_object *event = json_at(json_object_array_get_idx(list, i), "event");
-		char	   *id = json_string_at(event, "id");
-		int64		occurred_at = 0;
-
-		if (id == NULL || !same(json_first_string(event, customer_paths), st->customer) ||
-			!json_int_at(event, "occurred_at", &occurred_at))
-			continue;
-		if (st->phase == LIST_OLD || occurred_at <= st->window_start)
-		{
-			report_payment(job, event, occurred_at);
-			continue;
-		}
-		/* the event itself is the payload: it is re-posted unchanged */
-		job_follow_up(job, "chargebee_redeliver",
-					  psprintf("{\"event\": %s}", json_text(event)), id, true);
-		appendStringInfo(&st->plan_events, "%s%s", st->plan_events.len ? ", " : "",
-						 json_quote(id));
-	}
-}
-
-static void
-payments_response(Job *job, HttpExchange *ex)
-{
-	CbState    *st = state_of(job);
-	struct json_object *answer;
-	struct json_object *list;
-	char	   *next;
-
-	if (!job_response_ok(job, ex, CHARGEBEE_RETRY_AFTER, chargebee_message))
-		return;
-	answer = json_parse(ex->response);
-	list = json_at(answer, "list");
-	if (list == NULL || !json_object_is_type(list, json_type_array))
-	{
-		job_retry(job, "Chargebee answered %s without a list", ex->url);
-		json_object_put(answer);
-		return;
-	}
-	if (++st->pages > MAX_PAGES)
-	{
-		job_fail(job, "Chargebee kept paging past %d pages of %s", MAX_PAGES, ex->url);
-		json_object_put(answer);
-		return;
-	}
-	read_events(job, st, list);
-	next = json_string_at(answer, "next_offset");
-	json_object_put(answer);
-
-	if (st->phase == LIST_RECENT && next)
-		list_events(job, LIST_RECENT, next);
-	else if (st->phase == LIST_RECENT)
-	{
-		st->pages = 0;
-		list_events(job, LIST_OLD, NULL);
-	}
-	else if (next && st->pages < MAX_OLD_PAGES)
-		list_events(job, LIST_OLD, next);
-	else
-	{
-		job->plan = psprintf("{\"%s\": [%s], \"too_old_for_redelivery\": [%s]%s}",
-							 job->dry_run ? "would_redeliver_events" : "redeliver_events",
-							 st->plan_events.data, st->plan_too_old.data,
-							 next ? psprintf(", \"older_payments_not_all_listed\": \"stopped after %d pages\"",
-											 MAX_OLD_PAGES) : "");
-		job_done(job);
-	}
-}
-
-const StepOps chargebee_payments_step = {
-	.kind = "chargebee_payments", .provider = "chargebee",
-	.start = payments_start, .on_response = payments_response,
 	.replay_safe = true
 };
 

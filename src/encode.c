@@ -91,11 +91,14 @@ char *
 basic_auth(const char *user, const char *password)
 {
 	char	   *pair = psprintf("%s:%s", user ? user : "", password ? password : "");
-	char	   *header = psprintf("Basic %s", base64_encode(pair, strlen(pair)));
+	char	   *encoded = base64_encode(pair, strlen(pair));
+	char	   *header = psprintf("Basic %s", encoded);
 
-	/* the pair holds a secret: do not leave it lying in memory */
+	/* both hold the secret: do not leave them lying in memory */
 	explicit_bzero(pair, strlen(pair));
 	pfree(pair);
+	explicit_bzero(encoded, strlen(encoded));
+	pfree(encoded);
 	return header;
 }
 

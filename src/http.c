@@ -267,6 +267,19 @@ http_engine_create(HttpDoneCallback done)
 					(errcode(ERRCODE_SYSTEM_ERROR),
 					 errmsg("could not initialize libcurl")));
 		curl_initialized = true;
+
+		/*
+		 * The engine never blocks on a transfer, but a libcurl built
+		 * without an asynchronous resolver looks names up inside
+		 * curl_multi_perform(), where a slow DNS server holds up every
+		 * transfer, the latch and SIGTERM alike.
+		 */
+		if (!(curl_version_info(CURLVERSION_NOW)->features & CURL_VERSION_ASYNCHDNS))
+			ereport(WARNING,
+					(errmsg("libcurl %s resolves host names synchronously",
+							curl_version_info(CURLVERSION_NOW)->version),
+					 errdetail("A slow DNS server will hold up the celloattr worker while it waits."),
+					 errhint("Install a libcurl built with the threaded resolver or c-ares, as Debian's libcurl4 is.")));
 	}
 
 	engine = MemoryContextAllocZero(TopMemoryContext, sizeof(HttpEngine));

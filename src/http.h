@@ -27,7 +27,9 @@
 typedef struct HttpExchange
 {
 	/* request, filled by the caller (palloc'd in the caller's context) */
-	const char *provider;		/* for the log: stripe, chargebee, cello */
+	const char *provider;		/* for the log and pacing: stripe, chargebee, cello */
+	const char *pace_also;		/* NULL, or an endpoint's limit it is paced
+								 * by as well (worker.c) */
 	const char *method;			/* GET or POST */
 	char	   *url;
 	char	   *headers[HTTP_MAX_HEADERS];	/* "Name: value" lines */

@@ -35,6 +35,9 @@ typedef enum JobVerdict
 } JobVerdict;
 
 typedef struct Job Job;
+struct IndexSource;
+struct IndexView;
+struct IndexPage;
 
 typedef struct StepOps
 {
@@ -56,6 +59,13 @@ typedef struct StepOps
 	 * losing it in a crash only means the step runs again.
 	 */
 	bool		replay_safe;
+
+	/*
+	 * Optional: the provider's payment events this step reads from the
+	 * shared index (eventindex.h).  Its claim reads them, or makes the step
+	 * read the next page of the index's listing, or wait for it.
+	 */
+	const struct IndexSource *index;
 } StepOps;
 
 /* A step that this one found must follow it. */
@@ -122,6 +132,7 @@ struct Job
 	dlist_node	node;			/* in the list of steps waiting for pace */
 	dlist_node	running_node;	/* in the list of running steps */
 	TimestampTz lease_ends;		/* settled by then, or aborted and retried */
+	struct IndexView *index;	/* what its claim read of the event index */
 
 	/* outcome */
 	JobVerdict	verdict;
@@ -133,6 +144,7 @@ struct Job
 	char	   *plan;			/* JSON object merged into attributions.plan */
 	List	   *follow_ups;
 	List	   *support;
+	struct IndexPage *index_page;	/* a page of the index's listing it read */
 };
 
 /* Look up how to run a kind of step; NULL for an unknown kind. */

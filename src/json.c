@@ -11,12 +11,96 @@
  */
 #include "postgres.h"
 
+#include <errno.h>
+
+#include "common/jsonapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 
 #include "json.h"
 
 /* Deeper nesting than any provider answer needs is refused. */
 #define JSON_MAX_DEPTH 64
+
+/*
+ * json-c's parser is lenient (01, 1e, 1., NaN, single quotes) and writes a
+ * number back as it was spelt, and it turns an integer past 64 bits into
+ * its largest value without a word.  What the worker parses it may write
+ * to jsonb or send on to Cello, so an answer is taken only if PostgreSQL's
+ * own JSON parser takes it too and json-c can hold each integer exactly.
+ */
+#if PG_VERSION_NUM >= 160000
+typedef JsonParseErrorType scalar_result;
+#define SCALAR_OK JSON_SUCCESS
+#define SCALAR_REFUSED JSON_SEM_ACTION_FAILED
+#else
+typedef void scalar_result;
+#define SCALAR_OK
+#define SCALAR_REFUSED
+#endif
+
+static scalar_result
+integer_fits(void *state, char *token, JsonTokenType type)
+{
+	bool	   *fits = (bool *) state;
+
+	if (type == JSON_TOKEN_NUMBER && token != NULL && strpbrk(token, ".eE") == NULL)
+	{
+		errno = 0;
+		(void) strtoll(token, NULL, 10);
+		if (errno == ERANGE && token[0] != '-')
+		{
+			errno = 0;
+			(void) strtoull(token, NULL, 10);
+		}
+		if (errno == ERANGE)
+			*fits = false;
+	}
+	/* a string's token is NULL: the lexer keeps no de-escaped copy */
+	if (token != NULL)
+		pfree(token);
+	if (!*fits)
+		return SCALAR_REFUSED;
+	return SCALAR_OK;
+}
+
+static JsonParseErrorType
+parse_with(const char *text, const JsonSemAction *sem)
+{
+	JsonParseErrorType result;
+#if PG_VERSION_NUM >= 170000
+	JsonLexContext lex;
+
+	makeJsonLexContextCstringLen(&lex, text, strlen(text), PG_UTF8, false);
+	result = pg_parse_json(&lex, unconstify(JsonSemAction *, sem));
+	freeJsonLexContext(&lex);
+#else
+	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) text, strlen(text),
+													   PG_UTF8, false);
+
+	result = pg_parse_json(lex, unconstify(JsonSemAction *, sem));
+	pfree(lex);
+#endif
+	return result;
+}
+
+/*
+ * The grammar first, with no actions: a token the parser copied for an
+ * action is lost when the next one is malformed (no leak in the worker,
+ * whose contexts are reset, but one in the fuzz target, which has none).
+ */
+static bool
+json_is_standard(const char *text)
+{
+	bool		fits = true;
+	JsonSemAction check_integers = {0};
+
+	if (parse_with(text, &nullSemAction) != JSON_SUCCESS)
+		return false;
+	check_integers.semstate = &fits;
+	check_integers.scalar = integer_fits;
+	return parse_with(text, &check_integers) == JSON_SUCCESS && fits;
+}
 
 struct json_object *
 json_parse(const char *text)
@@ -30,7 +114,10 @@ json_parse(const char *text)
 	if (tok == NULL)
 		return NULL;
 	obj = json_tokener_parse_ex(tok, text, (int) strlen(text));
-	if (json_tokener_get_error(tok) != json_tokener_success)
+	/* json-c first: its depth limit keeps PostgreSQL's recursive parser
+	 * from ever nearing the stack limit */
+	if (json_tokener_get_error(tok) != json_tokener_success ||
+		!json_is_standard(text))
 	{
 		json_object_put(obj);
 		obj = NULL;
@@ -119,6 +206,8 @@ json_list_ids(struct json_object *array, const char *path)
 		char	   *id = json_string_at(json_object_array_get_idx(array, i), path);
 
 		appendStringInfo(&buf, "%s%s", i ? ", " : "", id ? id : "?");
+		if (id)
+			pfree(id);
 	}
 	if (n > 10)
 		appendStringInfoString(&buf, ", ...");

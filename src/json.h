@@ -14,7 +14,11 @@
 
 #include <json-c/json.h>
 
-/* Parse text; NULL if it is not JSON.  Free with json_object_put(). */
+/*
+ * Parse text; NULL if it is not JSON as PostgreSQL reads it (json-c alone
+ * takes more, and would write it back unchanged), or if it holds an integer
+ * json-c cannot keep exactly.  Free with json_object_put().
+ */
 extern struct json_object *json_parse(const char *text);
 
 /* The member at a dotted path ("data.object.customer"; a number picks an

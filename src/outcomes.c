@@ -193,6 +193,7 @@ fail_unrecordable(Job *job, const ErrorData *error)
 	job->found_customer = NULL;
 	job->follow_ups = NIL;
 	job->support = NIL;
+	job->index_page = NULL;
 	MemoryContextSwitchTo(old);
 }
 

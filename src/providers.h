@@ -14,15 +14,37 @@
 
 #include "job.h"
 
-/* stripe.c */
+/*
+ * Stripe's search API allows 20 reads a second, whatever the account's
+ * limit: search requests are paced by this bucket too (worker.c), at 18 a
+ * second, so that no second holds more than 20 with a burst of one.
+ */
+#define STRIPE_SEARCH_PACE "stripe search"
+#define STRIPE_SEARCH_RATE 18.0
+
+/* stripe.c, stripe_payments.c */
 extern const StepOps stripe_customer_step;
 extern const StepOps stripe_payments_step;
 extern const StepOps stripe_resend_step;
+/* A request to Stripe with its authentication; NULL (job failed) if unset. */
+extern HttpExchange *stripe_request(Job *job, const char *method,
+									const char *path_fmt,...) pg_attribute_printf(3, 4);
+/* Stripe's message in an error body. */
+extern char *stripe_message(const char *body);
+/* Stripe documents no Retry-After default; back off a second */
+#define STRIPE_RETRY_AFTER 1.0
 
-/* chargebee.c */
+/* chargebee.c, chargebee_payments.c */
 extern const StepOps chargebee_customer_step;
 extern const StepOps chargebee_payments_step;
 extern const StepOps chargebee_redeliver_step;
+/* A request to Chargebee with its authentication; NULL (job failed) if unset. */
+extern HttpExchange *chargebee_request(Job *job, const char *method,
+									   const char *path_fmt,...) pg_attribute_printf(3, 4);
+/* Chargebee's message (and Cello's webhook's) in an error body. */
+extern char *chargebee_message(const char *body);
+/* Chargebee's limits reset after about a minute; Retry-After is not documented */
+#define CHARGEBEE_RETRY_AFTER 60.0
 
 /* cello.c */
 extern const StepOps cello_signup_step;

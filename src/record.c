@@ -35,6 +35,7 @@
 
 #include "celloattr.h"
 #include "dbtext.h"
+#include "eventindex.h"
 #include "providers.h"
 #include "record.h"
 #include "worker.h"
@@ -492,6 +493,8 @@ record_batch(List *jobs, bool with_log)
 	if (with_log)
 		log_requests(jobs);
 	finish_steps(job_at, outcomes, njobs, stages);
+	/* after the verdicts: a step that waits for the listing is queued to be woken */
+	index_record(job_at, njobs);
 	record_found(job_at, stages, njobs);
 	record_follow_ups(job_at, stages, njobs);
 	record_support(job_at, stages, njobs);

@@ -28,6 +28,7 @@
 #include "celloattr.h"
 #include "dbtext.h"
 #include "stats.h"
+#include "worker.h"
 
 /* The providers, in the view's order. */
 static const char *const provider_names[] = {"stripe", "chargebee", "cello"};
@@ -137,19 +138,27 @@ stats_worker_stopped(void)
 }
 
 void
-stats_loop(WorkerState state, int running, int in_flight, int waiting)
+stats_loop(WorkerState state, int running, int in_flight)
 {
 	/* the worker's pacing rates: its settings (Chargebee's per minute) */
 	double		rates[NPROVIDERS] = {celloattr_stripe_rate_limit,
 		celloattr_chargebee_rate_limit / 60.0, celloattr_cello_rate_limit};
+	TimestampTz held[NPROVIDERS];
 
+	/* held back by a 429 (pace.c): until then */
+	for (size_t i = 0; i < NPROVIDERS; i++)
+		held[i] = pace_closed_until(provider_names[i]);
 	SpinLockAcquire(&stats->mutex);
 	stats->state = state;
 	stats->running = running;
 	stats->in_flight = in_flight;
-	stats->waiting = waiting;
+	/* a step running holds a transfer on the wire or waits to send one */
+	stats->waiting = Max(running - in_flight, 0);
 	for (size_t i = 0; i < NPROVIDERS; i++)
+	{
 		stats->providers[i].rate = rates[i];
+		stats->providers[i].closed_until = held[i];
+	}
 	SpinLockRelease(&stats->mutex);
 }
 
@@ -217,18 +226,6 @@ stats_answered(const HttpExchange *ex, const char *kind)
 		p->last_error[len] = '\0';
 		p->last_error_at = GetCurrentTimestamp();
 	}
-	SpinLockRelease(&stats->mutex);
-}
-
-void
-stats_pace(const char *provider, TimestampTz closed_until)
-{
-	ProviderStats *p = provider_stats(provider);
-
-	if (p == NULL)
-		return;
-	SpinLockAcquire(&stats->mutex);
-	p->closed_until = closed_until;
 	SpinLockRelease(&stats->mutex);
 }
 

@@ -44,9 +44,10 @@ extern void stats_worker_started(void);
 extern void stats_worker_stopped(void);
 
 /* Once per loop: its state and steps (running: claimed and not finished;
- * in_flight: transfers on the wire; waiting: for a pacing token). */
-extern void stats_loop(WorkerState state, int running, int in_flight,
-					   int waiting);
+ * in_flight: transfers on the wire; the others wait for a pacing token or
+ * a descriptor); each provider's pacing rate (its setting) and 429 hold
+ * (pace.c) with them. */
+extern void stats_loop(WorkerState state, int running, int in_flight);
 
 /* Steps claimed, and outcomes recorded. */
 extern void stats_claimed(int n);
@@ -58,8 +59,5 @@ extern void stats_sent(const char *provider);
 /* Its answer (or transport error) came back, for the step kind. */
 extern void stats_answered(const HttpExchange *ex, const char *kind);
 
-/* A provider held back by a 429 until then (0: not held back).  Its
- * pacing rate is read from the worker's settings in stats_loop(). */
-extern void stats_pace(const char *provider, TimestampTz closed_until);
 
 #endif							/* CELLOATTR_STATS_H */

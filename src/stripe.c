@@ -6,9 +6,7 @@
  *	  stripe_customer  find the customer (by id, else metadata new_user_id
  *	                   search, else exact email), refuse a conflicting
  *	                   cello_ucc unless forced, set the metadata keys
- *	  stripe_payments  list the customer's invoice.paid events inside the
- *	                   window and its paid invoices; older ones go to the
- *	                   support report, each event gets a stripe_resend step
+ *	  stripe_payments  (stripe_payments.c) the customer's events to resend
  *	  stripe_resend    POST /v1/events/{id}/retry to Cello's endpoint
  *
  * Stripe merges metadata keys on update, so only our keys are sent and
@@ -26,39 +24,22 @@
 #include "json.h"
 #include "providers.h"
 
-#define PAGE_LIMIT "100"
-/* pages read before a listing is deemed runaway */
-#define MAX_PAGES 200
-/* Stripe documents no Retry-After default; back off a second */
-#define STRIPE_RETRY_AFTER 1.0
-
 typedef enum StripePhase
 {
 	FIND_BY_ID,
 	FIND_BY_METADATA,
 	FIND_BY_EMAIL,
-	UPDATE_METADATA,
-	LIST_EVENTS,
-	LIST_INVOICES,
-	RESEND
+	UPDATE_METADATA
 } StripePhase;
 
 typedef struct StripeState
 {
 	StripePhase phase;
 	char	   *customer;
-	int			pages;
-	List	   *events;			/* StripeEvent * inside the window */
-	StringInfoData plan_too_old;	/* JSON array items */
+	int64		customer_since; /* its created (unix s), 0 if unknown */
 } StripeState;
 
-typedef struct StripeEvent
-{
-	char	   *id;
-	char	   *invoice;
-} StripeEvent;
-
-static char *
+char *
 stripe_message(const char *body)
 {
 	return json_message_at(body, "error.message");
@@ -72,11 +53,8 @@ state_of(Job *job)
 	return (StripeState *) job->state;
 }
 
-static HttpExchange *stripe_request(Job *job, const char *method,
-									const char *path_fmt,...) pg_attribute_printf(3, 4);
-
 /* A request to Stripe with its authentication; NULL (job failed) if unset. */
-static HttpExchange *
+HttpExchange *
 stripe_request(Job *job, const char *method, const char *path_fmt,...)
 {
 	HttpExchange *ex;
@@ -130,6 +108,8 @@ find_by_metadata(Job *job)
 						url_escape(query));
 	if (ex)
 	{
+		/* search has a limit of its own, below the account's */
+		ex->pace_also = STRIPE_SEARCH_PACE;
 		state_of(job)->phase = FIND_BY_METADATA;
 		job_send(job, ex);
 	}
@@ -166,6 +146,20 @@ customer_start(Job *job)
 		find_by_metadata(job);
 }
 
+/* The customer carries the referral: its payments follow, with when it
+ * was created (so that they know whether any can be older than the window). */
+static void
+follow_with_payments(Job *job)
+{
+	StripeState *st = state_of(job);
+
+	job_follow_up(job, "stripe_payments",
+				  psprintf("{\"customer\": %s, \"customer_since\": %lld}",
+						   json_quote(st->customer), (long long) st->customer_since),
+				  NULL, false);
+	job_done(job);
+}
+
 /*
  * The customer is known: refuse a conflicting referral unless forced, then
  * set our keys (or, in a dry run, only say what would be set).
@@ -192,6 +186,7 @@ attach_referral(Job *job, struct json_object *customer)
 	}
 	job->found_customer = id;
 	state_of(job)->customer = id;
+	(void) json_int_at(customer, "created", &state_of(job)->customer_since);
 	already = same(current, job->ucc) &&
 		same(json_string_at(customer, "metadata.new_user_id"), job->new_user_id) &&
 		(job->organization_id == NULL ||
@@ -203,9 +198,7 @@ attach_referral(Job *job, struct json_object *customer)
 		job->plan = psprintf("{\"customer\": %s, \"current_cello_ucc\": %s, \"metadata\": %s}",
 							 json_quote(id), current ? json_quote(current) : "null",
 							 already ? "\"already set\"" : "\"would be set\"");
-		job_follow_up(job, "stripe_payments",
-					  psprintf("{\"customer\": %s}", json_quote(id)), NULL, false);
-		job_done(job);
+		follow_with_payments(job);
 		return;
 	}
 
@@ -276,10 +269,7 @@ customer_response(Job *job, HttpExchange *ex)
 			{
 				job->plan = psprintf("{\"customer\": %s, \"metadata\": \"set\"}",
 									 json_quote(st->customer));
-				job_follow_up(job, "stripe_payments",
-							  psprintf("{\"customer\": %s}", json_quote(st->customer)),
-							  NULL, false);
-				job_done(job);
+				follow_with_payments(job);
 			}
 			break;
 		default:
@@ -291,265 +281,6 @@ customer_response(Job *job, HttpExchange *ex)
 const StepOps stripe_customer_step = {
 	.kind = "stripe_customer", .provider = "stripe",
 	.start = customer_start, .on_response = customer_response,
-	.replay_safe = true
-};
-
-/* ------------------------------------------------------ stripe_payments */
-
-static void
-list_events(Job *job, const char *starting_after)
-{
-	HttpExchange *ex = stripe_request(job, "GET",
-									  "/v1/events?type=invoice.paid&created%%5Bgte%%5D=%lld&limit=" PAGE_LIMIT "%s%s",
-									  (long long) timestamptz_to_time_t(job_window_start()),
-									  starting_after ? "&starting_after=" : "",
-									  starting_after ? url_escape(starting_after) : "");
-
-	if (ex)
-	{
-		state_of(job)->phase = LIST_EVENTS;
-		job_send(job, ex);
-	}
-}
-
-static void
-list_invoices(Job *job, const char *starting_after)
-{
-	StripeState *st = state_of(job);
-	HttpExchange *ex = stripe_request(job, "GET",
-									  "/v1/invoices?customer=%s&status=paid&limit=" PAGE_LIMIT "%s%s",
-									  url_escape(st->customer),
-									  starting_after ? "&starting_after=" : "",
-									  starting_after ? url_escape(starting_after) : "");
-
-	if (ex)
-	{
-		st->phase = LIST_INVOICES;
-		job_send(job, ex);
-	}
-}
-
-static void
-payments_start(Job *job)
-{
-	StripeState *st = state_of(job);
-
-	st->customer = job_payload_string(job, "customer");
-	initStringInfo(&st->plan_too_old);
-	if (st->customer == NULL)
-		job_fail(job, "stripe_payments step without a customer in its payload");
-	else
-		list_events(job, NULL);
-}
-
-/* Cello's interval for a Stripe recurring price (or plan). */
-static const char *
-line_interval(struct json_object *line)
-{
-	char	   *unit = json_string_at(line, "price.recurring.interval");
-	int64		count = 1;
-
-	if (unit == NULL)
-		unit = json_string_at(line, "plan.interval");
-	if (!json_int_at(line, "price.recurring.interval_count", &count))
-		(void) json_int_at(line, "plan.interval_count", &count);
-	return cello_interval(unit, count);
-}
-
-/* A paid invoice that cannot be resent: to the report, with its fields. */
-static void
-report_invoice(Job *job, struct json_object *invoice, int64 paid_at,
-			   const char *reason)
-{
-	SupportItem *s = job_support(job, "invoice-paid", reason);
-	struct json_object *line = json_item_at(invoice, "lines.data", 0);
-	char	   *currency = json_string_at(invoice, "currency");
-	int64		amount = 0;
-	int64		quantity;
-	StripeState *st = state_of(job);
-
-	s->invoice_id = json_string_at(invoice, "id");
-	s->has_timestamp = true;
-	s->event_timestamp = time_t_to_timestamptz((pg_time_t) paid_at);
-	(void) json_int_at(invoice, "amount_paid", &amount);
-	if (currency)
-	{
-		s->currency = currency_code(currency);
-		s->price = major_units(amount, currency);
-	}
-	s->subscription_id = json_string_at(invoice, "subscription");
-	if (s->subscription_id == NULL)
-		s->subscription_id = json_string_at(invoice, "subscription.id");
-	if (line)
-	{
-		s->interval = line_interval(line);
-		s->product_key = json_string_at(line, "price.nickname");
-		if (s->product_key == NULL)
-			s->product_key = json_string_at(line, "description");
-		if (s->product_key == NULL)
-			s->product_key = json_string_at(line, "price.product");
-		if (json_int_at(line, "quantity", &quantity))
-		{
-			s->has_seats = true;
-			s->seats = (int32) quantity;
-		}
-	}
-	else
-		s->interval = "one-time";
-	appendStringInfo(&st->plan_too_old, "%s%s", st->plan_too_old.len ? ", " : "",
-					 json_quote(s->invoice_id ? s->invoice_id : "?"));
-}
-
-/* Id of the last object of a list answer, for the next page. */
-static char *
-last_id(struct json_object *data)
-{
-	size_t		n = json_object_array_length(data);
-
-	return n ? json_string_at(json_object_array_get_idx(data, n - 1), "id") : NULL;
-}
-
-static bool
-list_has_more(struct json_object *answer)
-{
-	bool		more = false;
-
-	return json_bool_at(answer, "has_more", &more) && more;
-}
-
-/* invoice.paid events of our customer, one page at a time. */
-static void
-read_events(Job *job, StripeState *st, struct json_object *data)
-{
-	size_t		n = json_object_array_length(data);
-
-	for (size_t i = 0; i < n; i++)
-	{
-		struct json_object *event = json_object_array_get_idx(data, i);
-		char	   *customer = json_string_at(event, "data.object.customer");
-		StripeEvent *e;
-
-		if (!same(customer, st->customer))
-			continue;
-		e = palloc0(sizeof(StripeEvent));
-		e->id = json_string_at(event, "id");
-		e->invoice = json_string_at(event, "data.object.id");
-		if (e->id)
-			st->events = lappend(st->events, e);
-	}
-}
-
-static bool
-has_event_for(StripeState *st, const char *invoice)
-{
-	ListCell   *lc;
-
-	foreach(lc, st->events)
-		if (same(((StripeEvent *) lfirst(lc))->invoice, invoice))
-			return true;
-	return false;
-}
-
-/*
- * Paid invoices: older than the window, or paid inside it but without an
- * event Stripe still lists (it keeps events 30 days), go to the report.
- */
-static void
-read_invoices(Job *job, StripeState *st, struct json_object *data)
-{
-	int64		window_start = (int64) timestamptz_to_time_t(job_window_start());
-	size_t		n = json_object_array_length(data);
-
-	for (size_t i = 0; i < n; i++)
-	{
-		struct json_object *invoice = json_object_array_get_idx(data, i);
-		char	   *id = json_string_at(invoice, "id");
-		int64		paid_at = 0;
-
-		if (!json_int_at(invoice, "status_transitions.paid_at", &paid_at) &&
-			!json_int_at(invoice, "created", &paid_at))
-			continue;
-		if (paid_at < window_start)
-			report_invoice(job, invoice, paid_at, job_too_old_reason());
-		else if (!has_event_for(st, id))
-			report_invoice(job, invoice, paid_at,
-						   "paid inside the window, but Stripe lists no invoice.paid event of it to resend");
-	}
-}
-
-/* Every event to resend becomes a step of its own, with its own key. */
-static void
-plan_resends(Job *job, StripeState *st)
-{
-	StringInfoData plan;
-	ListCell   *lc;
-
-	initStringInfo(&plan);
-	foreach(lc, st->events)
-	{
-		StripeEvent *e = lfirst(lc);
-
-		job_follow_up(job, "stripe_resend",
-					  psprintf("{\"event\": %s, \"invoice\": %s, \"customer\": %s}",
-							   json_quote(e->id), e->invoice ? json_quote(e->invoice) : "null",
-							   json_quote(st->customer)),
-					  e->id, true);
-		appendStringInfo(&plan, "%s%s", plan.len ? ", " : "", json_quote(e->id));
-	}
-	job->plan = psprintf("{\"%s\": [%s], \"too_old_for_resend\": [%s]}",
-						 job->dry_run ? "would_resend_events" : "resend_events",
-						 plan.data, st->plan_too_old.data);
-}
-
-static void
-payments_response(Job *job, HttpExchange *ex)
-{
-	StripeState *st = state_of(job);
-	struct json_object *answer;
-	struct json_object *data;
-
-	if (!job_response_ok(job, ex, STRIPE_RETRY_AFTER, stripe_message))
-		return;
-	answer = json_parse(ex->response);
-	data = json_at(answer, "data");
-	if (data == NULL || !json_object_is_type(data, json_type_array))
-	{
-		job_retry(job, "Stripe answered %s without a data list", ex->url);
-		json_object_put(answer);
-		return;
-	}
-	if (++st->pages > MAX_PAGES)
-	{
-		job_fail(job, "Stripe kept paging past %d pages of %s", MAX_PAGES, ex->url);
-		json_object_put(answer);
-		return;
-	}
-
-	if (st->phase == LIST_EVENTS)
-	{
-		read_events(job, st, data);
-		if (list_has_more(answer) && last_id(data))
-			list_events(job, last_id(data));
-		else
-			list_invoices(job, NULL);
-	}
-	else
-	{
-		read_invoices(job, st, data);
-		if (list_has_more(answer) && last_id(data))
-			list_invoices(job, last_id(data));
-		else
-		{
-			plan_resends(job, st);
-			job_done(job);
-		}
-	}
-	json_object_put(answer);
-}
-
-const StepOps stripe_payments_step = {
-	.kind = "stripe_payments", .provider = "stripe",
-	.start = payments_start, .on_response = payments_response,
 	.replay_safe = true
 };
 
@@ -579,7 +310,6 @@ resend_start(Job *job)
 	form_append(&body, "webhook_endpoint", celloattr_stripe_webhook_endpoint);
 	ex->body = body.data;
 	ex->body_len = body.len;
-	state_of(job)->phase = RESEND;
 	job_send(job, ex);
 }
 

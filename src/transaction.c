@@ -203,8 +203,6 @@ celloattr_register_transaction(int64 attribution_id, const TransactionRequest *r
 	int64		id;
 	bool		isnull;
 
-	celloattr_validate_transaction(req);
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
 
@@ -334,5 +332,6 @@ cello_transaction(PG_FUNCTION_ARGS)
 	attribution_id = celloattr_cello_attribution_of(req.new_user_id);
 	if (attribution_id == 0)
 		PG_RETURN_NULL();
+	celloattr_validate_transaction(&req);
 	PG_RETURN_INT64(celloattr_register_transaction(attribution_id, &req));
 }

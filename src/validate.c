@@ -17,6 +17,8 @@
 #include "access/xact.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "utils/fmgrprotos.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 
 #include "celloattr.h"
@@ -221,6 +223,31 @@ celloattr_validate_attribution(const AttributionRequest *req)
 		check_not_future("signed_up_at", req->signed_up_at);
 }
 
+/*
+ * Cello takes the amount as a JSON number: NaN and infinity have no JSON
+ * spelling, and past 10^15 of a major unit no invoice is real and a
+ * double (as Cello's side may read it) no longer keeps the cents.
+ */
+static void
+check_amount(Numeric amount)
+{
+	Numeric		limit = int64_to_numeric(INT64CONST(1000000000000000));
+
+	if (numeric_is_nan(amount) || numeric_is_inf(amount))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount must be a finite number"),
+				 errhint("Pass the amount of the invoice or refund in the currency's major unit.")));
+	if (DatumGetBool(DirectFunctionCall2(numeric_ge,
+										 DirectFunctionCall1(numeric_abs, NumericGetDatum(amount)),
+										 NumericGetDatum(limit))))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("amount is out of range"),
+				 errdetail("An amount must be less than 10^15 in the currency's major unit."),
+				 errhint("Pass the amount in the currency's major unit, such as 49.00 for 49 euros.")));
+}
+
 void
 celloattr_validate_transaction(const TransactionRequest *req)
 {
@@ -232,6 +259,7 @@ celloattr_validate_transaction(const TransactionRequest *req)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("amount must not be NULL"),
 				 errhint("Pass the amount of the invoice or refund in the currency's major unit.")));
+	check_amount(DatumGetNumeric(req->amount));
 
 	check_text("currency", req->currency, true, 3, false);
 	if (strlen(req->currency) != 3 ||

@@ -10,19 +10,17 @@
  * in flight.  Idle, the worker sleeps until the next retry falls due or
  * celloattr.poll_interval passes, whichever is first.
  *
- * Requests wait for a token of their provider's bucket before they go out,
- * so a backlog never exceeds the configured rate; a 429 also closes the
- * provider's bucket until its Retry-After has passed.
+ * Requests wait for a token of their provider's bucket before they go out
+ * (pace.c), so a backlog never exceeds the configured rate; a 429 also
+ * closes the provider's bucket until its Retry-After has passed.
  *
  * Every deadline is kept as a point in time and checked on each round,
  * whatever woke the worker: a steady stream of commits setting the latch
  * must not postpone curl's timeouts (http.c), a pacing token, a retry that
  * falls due or the end of a step's lease.  A step that is still running
  * when its lease ends (celloattr.lease, at least a request's timeout) is
- * aborted: its transfer is cancelled and it is retried after backoff.
- *
- * What the loop does (its state, transfers, each provider's requests by
- * answer class, pacing and last error) is kept in shared memory for the
+ * aborted (lease.c): its transfer is cancelled and it is retried after
+ * backoff.  What the loop does is kept in shared memory for the
  * celloattr.worker_status view (stats.c).
  *
  * When no due step is left to claim, the worker deletes rows older than
@@ -74,22 +72,6 @@
 /* The longest a stopping worker waits for its transfers in flight. */
 #define STOP_GRACE_MS 5000
 
-typedef struct Pace
-{
-	const char *provider;
-	double	   *limit;			/* the setting */
-	bool		per_minute;
-	double		tokens;
-	TimestampTz refilled_at;
-	TimestampTz closed_until;	/* after a 429 */
-} Pace;
-
-static Pace paces[] = {
-	{"stripe", &celloattr_stripe_rate_limit, false, 0, 0, 0},
-	{"chargebee", &celloattr_chargebee_rate_limit, true, 0, 0, 0},
-	{"cello", &celloattr_cello_rate_limit, false, 0, 0, 0},
-};
-
 static HttpEngine *engine = NULL;
 static MemoryContext jobs_cxt = NULL;
 static dlist_head waiting_for_pace = DLIST_STATIC_INIT(waiting_for_pace);
@@ -97,51 +79,6 @@ static dlist_head running_jobs = DLIST_STATIC_INIT(running_jobs);
 static List *finished = NIL;
 static int	running = 0;		/* claimed steps not finished: each holds a
 								 * transfer (in flight or waiting for pace) */
-
-static Pace *
-pace_of(const char *provider)
-{
-	for (size_t i = 0; i < lengthof(paces); i++)
-		if (strcmp(paces[i].provider, provider) == 0)
-			return &paces[i];
-	return NULL;
-}
-
-static double
-rate_per_second(Pace *p)
-{
-	return p->per_minute ? *p->limit / 60.0 : *p->limit;
-}
-
-/* Take a token if one is there; otherwise say how many ms until one is. */
-static bool
-pace_take(Pace *p, TimestampTz now, long *wait_ms)
-{
-	double		rate = rate_per_second(p);
-	double		burst;
-
-	if (now < p->closed_until)
-	{
-		*wait_ms = (long) ((p->closed_until - now) / 1000) + 1;
-		return false;
-	}
-	if (rate <= 0)
-		return true;			/* pacing off */
-	/* a tenth of a second's worth: bursts stay short */
-	burst = Max(1.0, rate / 10.0);
-	if (p->refilled_at == 0)
-		p->tokens = burst;
-	else
-		p->tokens = Min(burst, p->tokens + rate * (now - p->refilled_at) / 1e6);
-	p->refilled_at = now;
-	if (p->tokens >= 1.0)
-	{
-		p->tokens -= 1.0;
-		return true;
-	}
-	*wait_ms = (long) ((1.0 - p->tokens) / rate * 1000.0) + 1;
-	return false;
-}
 
 /* The list of finished steps outlives every job's and loop's memory. */
 static void
@@ -156,32 +93,6 @@ finish(Job *job)
 }
 
 /*
- * The lease a claim gives its steps: celloattr.lease, but never shorter
- * than one request may take (a second more, so that curl's own timeout,
- * with its clearer message, comes first).
- */
-int
-worker_lease_seconds(void)
-{
-	static int	warned_lease = -1;
-	static int	warned_timeout = -1;
-	int			floor_s = (celloattr_request_timeout + 999) / 1000 + 1;
-
-	if (celloattr_lease >= floor_s)
-		return celloattr_lease;
-	if (warned_lease != celloattr_lease || warned_timeout != celloattr_request_timeout)
-	{
-		ereport(WARNING,
-				(errmsg("celloattr.lease (%d s) is shorter than celloattr.request_timeout (%d ms): steps get a lease of %d s",
-						celloattr_lease, celloattr_request_timeout, floor_s),
-				 errhint("Set celloattr.lease to at least request_timeout plus a second.")));
-		warned_lease = celloattr_lease;
-		warned_timeout = celloattr_request_timeout;
-	}
-	return floor_s;
-}
-
-/*
  * Send the job's pending request now; false (and *wait_ms) if its
  * provider's pace says wait, or no descriptor is free until a transfer in
  * flight ends.
@@ -190,9 +101,8 @@ static bool
 try_send(Job *job, TimestampTz now, long *wait_ms)
 {
 	HttpExchange *ex = job->pending;
-	Pace	   *pace = pace_of(ex->provider);
 
-	if (pace && !pace_take(pace, now, wait_ms))
+	if (!pace_take(ex, now, wait_ms))
 		return false;
 	job->pending = NULL;
 	if (!celloattr_allow_http && pg_strncasecmp(ex->url, "http://", 7) == 0)
@@ -303,68 +213,10 @@ exchange_done(HttpExchange *ex)
 	{
 		run_step_code(job, ex);
 		if (job->verdict == JOB_SNOOZE)
-		{
-			Pace	   *pace = pace_of(ex->provider);
-
-			if (pace)
-				pace->closed_until = GetCurrentTimestamp() +
-					(TimestampTz) (job->snooze_seconds * 1e6);
-		}
+			pace_close(ex->provider, GetCurrentTimestamp() +
+					   (TimestampTz) (job->snooze_seconds * 1e6));
 	}
 	advance(job);
-	MemoryContextSwitchTo(old);
-}
-
-/*
- * A step whose lease ended: a request in flight is cancelled and the step
- * retried after backoff (an attempt used: the provider was asked).  One
- * waiting for its provider's pace goes back to the queue until the
- * provider is open again, no attempt used, if it has sent nothing yet;
- * one that did send requests uses an attempt too, as it starts over from
- * its first request when claimed again: else a step that needs more
- * requests than its provider's pace allows in a lease (a Chargebee site's
- * pages of events) would start over for ever, never done nor failed, and
- * take the provider's whole rate from every other step.
- */
-static void
-expire_lease(Job *job, TimestampTz now)
-{
-	MemoryContext old = MemoryContextSwitchTo(job->cxt);
-	HttpExchange *ex = job->pending;
-	char	   *reason = psprintf("abandoned when the step's lease of %d s ran out",
-								  worker_lease_seconds());
-
-	if (ex != NULL)
-	{
-		Pace	   *pace = pace_of(ex->provider);
-
-		dlist_delete(&job->node);
-		job->pending = NULL;
-		ex->error = psprintf("not sent: %s", reason);
-		if (list_length(job->exchanges) > 1)
-			job_retry(job, "%s %s %s, after %d requests paced at celloattr.%s_rate_limit (a longer celloattr.lease lets it finish)",
-					  ex->method, ex->url, ex->error, list_length(job->exchanges) - 1,
-					  ex->provider);
-		else
-		{
-			job->verdict = JOB_SNOOZE;
-			job->snooze_seconds = pace && pace->closed_until > now ?
-				(pace->closed_until - now) / 1e6 : 0;
-			job->error = psprintf("%s %s %s", ex->method, ex->url, ex->error);
-		}
-	}
-	else if (job->exchanges != NIL)
-	{
-		/* not waiting for pace: its latest request is in flight */
-		ex = llast(job->exchanges);
-		http_engine_cancel(engine, ex, reason);
-		stats_answered(ex, job->kind);
-		if (!job_unsure_if_sent(job, ex))
-			job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
-	}
-	else
-		job_retry(job, "%s", reason);
-	finish(job);
 	MemoryContextSwitchTo(old);
 }
 
@@ -381,7 +233,13 @@ enforce_leases(void)
 		Job		   *job = dlist_container(Job, running_node, iter.cur);
 
 		if (now >= job->lease_ends)
-			expire_lease(job, now);
+		{
+			/* waiting for pace: out of that list; in flight: cancelled */
+			if (job->pending != NULL)
+				dlist_delete(&job->node);
+			lease_expire(job, engine, now);
+			finish(job);
+		}
 		else
 		{
 			long		ms = TimestampDifferenceMilliseconds(now, job->lease_ends);
@@ -522,26 +380,6 @@ static struct
 	TimestampTz stop_at;		/* SIGTERM: the end of the grace period */
 } loop = {true, false, false, 0, 0, 0, 0, 0, 0};
 
-/* What the loop is doing, for celloattr.worker_status (stats.c). */
-static void
-report_loop(void)
-{
-	dlist_iter	iter;
-	int			waiting = 0;
-
-	dlist_foreach(iter, &waiting_for_pace)
-		waiting++;
-	stats_loop(loop.stop_at != 0 ? WORKER_STOPPING :
-			   !loop.orphans_requeued ? WORKER_STARTING :
-			   celloattr_paused ? WORKER_PAUSED :
-			   !celloattr_secrets_ready() ? WORKER_NO_SECRETS :
-			   running > 0 || finished != NIL ? WORKER_WORKING : WORKER_IDLE,
-			   running, http_engine_in_flight(engine), waiting);
-	for (size_t i = 0; i < lengthof(paces); i++)
-		stats_pace(paces[i].provider, paces[i].closed_until > GetCurrentTimestamp() ?
-				   paces[i].closed_until : 0);
-}
-
 /*
  * One round of the worker's loop; false when the worker must leave.
  *
@@ -586,7 +424,7 @@ worker_round(MemoryContext loop_cxt)
 	if (loop.stop_at != 0 && ((running == 0 && finished == NIL) || now >= loop.stop_at))
 		return false;
 
-	/* steps past their lease that nobody holds become orphans (queue.c) */
+	/* steps past their lease that nobody holds become orphans (orphans.c) */
 	if (loop.stop_at == 0 && loop.orphans_requeued && now >= loop.next_expiry_at)
 	{
 		adopt_expired();
@@ -701,7 +539,13 @@ worker_round(MemoryContext loop_cxt)
 			timeout_ms = Min(timeout_ms, lease_ms);
 	}
 
-	report_loop();
+	/* what the loop is doing, for celloattr.worker_status */
+	stats_loop(loop.stop_at != 0 ? WORKER_STOPPING :
+			   !loop.orphans_requeued ? WORKER_STARTING :
+			   celloattr_paused ? WORKER_PAUSED :
+			   !celloattr_secrets_ready() ? WORKER_NO_SECRETS :
+			   running > 0 || finished != NIL ? WORKER_WORKING : WORKER_IDLE,
+			   running, http_engine_in_flight(engine));
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (http_engine_wait(engine, timeout_ms))
 		loop.claim_now = true;

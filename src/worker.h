@@ -54,17 +54,40 @@ extern bool queue_extension_ready(bool any_version);
  * look at and retry().
  */
 #define STOPS_BEFORE_SET_ASIDE 3
-extern bool queue_requeue_orphans(void);
-extern int	queue_orphans_left(void);
-extern void queue_adopt_expired(const int64 *held, int nheld);
 extern List *queue_claim(int max_jobs, MemoryContext jobs_cxt, double *next_due);
 
 /* For the rest of the transaction, plan index lookups only. */
 extern void queue_plan_lookups_by_key(void);
 
-/* worker.c: seconds a claimed step may stay running (celloattr.lease, at
- * least a request's timeout). */
+/*
+ * orphans.c: steps shown 'running' that no worker holds, requeued under
+ * their keys (or set aside).  queue_adopt_expired() makes orphans of those
+ * past their lease that are not among held (the worker's own).
+ */
+extern bool queue_requeue_orphans(void);
+extern int	queue_orphans_left(void);
+extern void queue_forget_orphan(int64 id);
+extern void queue_adopt_expired(const int64 *held, int nheld);
+
+/*
+ * lease.c: seconds a claimed step may stay running (celloattr.lease, at
+ * least a request's timeout); lease_expire() settles the verdict of a step
+ * still running when its lease ends (its request in flight cancelled, or
+ * the one waiting for pace unsent), which the caller then finishes.
+ */
 extern int	worker_lease_seconds(void);
+extern void lease_expire(Job *job, HttpEngine *engine, TimestampTz now);
+
+/*
+ * pace.c: a token bucket per provider (its rate setting) and per endpoint
+ * limit of its own.  pace_take() takes a token of each bucket the request
+ * is paced by, or says how many ms until it may; a 429 closes the
+ * provider's bucket until a point in time (a later one, if it was closed
+ * already).
+ */
+extern bool pace_take(const HttpExchange *exchange, TimestampTz now, long *wait_ms);
+extern void pace_close(const char *provider, TimestampTz until);
+extern TimestampTz pace_closed_until(const char *provider);
 
 /* retention.c: deletes rows older than celloattr.retention, a batch at a
  * time; true if more may be left. */

@@ -44,7 +44,7 @@ sub stall_everything
 sub in_flight
 {
 	my ($node) = @_;
-	my ($rc, $out) = $node->psql($db,
+	my ($rc, $out) = psql_may_fail($node, $db,
 		"SELECT count(*) FROM celloattr.jobs WHERE state = 'running'");
 	return $rc == 0 ? $out : 0;
 }

@@ -52,6 +52,15 @@ my @cases = (
 		'done', 2 ],
 	[ 'huge JSON (5 MB) of the wrong shape', { action => 'huge', bytes => 5 * 1024 * 1024 },
 		'failed', 1, qr/customer without an id/ ],
+	# what json-c alone would take, and write back as it came into jsonb
+	# (which refuses it) or into a request: the answer is not JSON
+	[ 'JSON only json-c takes (01, NaN, a 30-digit integer)',
+		{ action => 'shape', body_hex => unpack('H*',
+			'{"id":"cus_lenient","object":"customer","balance":01,"x":NaN,"n":123456789012345678901234567890}') },
+		'done', 2 ],
+	[ 'JSON only json-c takes, always', { action => 'shape', count => 0, body_hex => unpack('H*',
+			'{"id":"cus_lenient","object":"customer","metadata":{},"trailing":[1,],}') },
+		'failed', $MAX_ATTEMPTS, qr/with a body that is not JSON/ ],
 	[ '200 of an unexpected shape', { action => 'shape' },
 		'failed', 1, qr/Stripe answered a customer without an id/ ],
 	[ '400', { action => 'status', status => 400,
@@ -95,7 +104,7 @@ for my $case (@cases)
 # an old paid invoice whose line items are not a list goes to the support
 # report (json-c aborted the worker, and with it the server, on it)
 fake_seed({ stripe => {
-	customers => [ { id => 'cus_nolines', metadata => {} } ],
+	customers => [ { id => 'cus_nolines', metadata => {}, age_days => 60 } ],
 	invoices => [ { id => 'in_nolines', customer => 'cus_nolines', status => 'paid', age_days => 40,
 		lines => { object => 'list', data => 'not a list' } } ] } });
 my $nolines = $node->safe_psql($db,

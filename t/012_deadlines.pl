@@ -155,17 +155,18 @@ for my $case ('stall before the headers', 'stall in the middle of the body')
 }
 
 # The lease: each request answers within request_timeout, but the step
-# needs two of them, longer together than the lease.
-fake_fault({ provider => 'stripe', method => 'GET', path_regex => '^/v1/(events|invoices)',
+# needs two of them (the customer read, then its update), longer together
+# than the lease.
+fake_fault({ provider => 'stripe', path_regex => '^/v1/customers/cus_d3$',
 	action => 'stall', seconds => 3.5, count => 0 });
 my $leased = attribute('user-d3', 'stripe', 'cus_d3');
 $node->poll_query_until($db, qq{
 	SELECT count(*) = 1 FROM celloattr.jobs
-	 WHERE attribution_id = $leased AND kind = 'stripe_payments' AND state = 'running'})
-  or die 'the payments step never ran';
+	 WHERE attribution_id = $leased AND kind = 'stripe_customer' AND state = 'running'})
+  or die 'the customer step never ran';
 my ($lease_until, $claimed) = split /\|/, $node->safe_psql($db, qq{
 	SELECT extract(epoch FROM lease_until) || '|' || extract(epoch FROM now())
-	  FROM celloattr.jobs WHERE attribution_id = $leased AND kind = 'stripe_payments'});
+	  FROM celloattr.jobs WHERE attribution_id = $leased AND kind = 'stripe_customer'});
 cmp_ok($lease_until - $claimed, '<=', $LEASE, 'lease_until is at most the lease ahead');
 $node->poll_query_until($db, qq{
 	SELECT count(*) = 1 FROM celloattr.http_log
@@ -179,8 +180,8 @@ cmp_ok($ended, '<=', $lease_until + 0.5, 'lease: no later than lease_until');
 cmp_ok($ended, '>=', $lease_until - $LEASE / 2, 'lease: and not long before it');
 like($node->safe_psql($db, qq{
 		SELECT state || ' ' || attempts || ' ' || last_error FROM celloattr.jobs
-		 WHERE attribution_id = $leased AND kind = 'stripe_payments'}),
-	qr/^(queued 1|running 2) GET .*invoices.*lease/, 'lease: the step is due again after backoff, its attempt used');
+		 WHERE attribution_id = $leased AND kind = 'stripe_customer'}),
+	qr/^(queued 1|running 2) POST .*customers.*lease/, 'lease: the step is due again after backoff, its attempt used');
 fake('POST', '/_control/faults/clear');
 is($node->safe_psql($db, "SELECT celloattr.wait($leased, '60 s')"), 'done', 'lease: retried and done');
 

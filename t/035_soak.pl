@@ -72,7 +72,7 @@ sub run_surely
 	my ($sql) = @_;
 	for (1 .. 50)
 	{
-		my ($rc) = $node->psql($db, $sql);
+		my ($rc) = psql_may_fail($node, $db, $sql);
 		return if $rc == 0;
 		sleep 0.2;
 	}

@@ -43,7 +43,7 @@ our @EXPORT = qw(
   wait_all_final stripe_seed queue_stripe check_stripe_effects
   worker_crashes psql_within attribute_one test_secrets write_node_secrets
   guest_seed cello_events chargebee_redeliveries check_at_most_once
-  check_guest unfinished_steps worker_terminations attribute_in);
+  check_guest unfinished_steps worker_terminations attribute_in psql_may_fail);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
 # PostgreSQL::Test::Utils ties Test::More's output handles to a tee into
@@ -179,11 +179,21 @@ sub celloattr_node
 	return $node;
 }
 
+# ($rc, $out) of psql, for a poll that may meet a server restarting after
+# a kill -9: psql can then exit before it reads its input, and IPC::Run
+# dies of the broken pipe; that counts as a failed run (1), not the test's end.
+sub psql_may_fail
+{
+	my ($node, $db, $sql) = @_;
+	my ($rc, $out) = eval { $node->psql($db, $sql) };
+	return (defined $rc ? $rc : 1, $out // '');
+}
+
 # The worker's pid, or 0 when none runs.
 sub worker_pid
 {
 	my ($node) = @_;
-	my ($rc, $out) = $node->psql('postgres',
+	my ($rc, $out) = psql_may_fail($node, 'postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'celloattr worker'");
 	return ($rc == 0 && $out =~ /^(\d+)$/) ? $1 : 0;
 }
@@ -211,7 +221,7 @@ sub wait_all_final
 
 	while (time < $deadline)
 	{
-		my ($rc, $out) = $node->psql($DB,
+		my ($rc, $out) = psql_may_fail($node, $DB,
 			"SELECT count(*) FROM celloattr.attributions WHERE state IN ('queued', 'running')");
 		return 1 if $rc == 0 && $out eq '0';
 		sleep 0.2;
