@@ -12,6 +12,9 @@ OBJS = \
 	src/transaction.o \
 	src/validate.o \
 	src/operator.o \
+	src/batch.o \
+	src/stats.o \
+	src/counts.o \
 	src/plans.o \
 	src/trigger_args.o \
 	src/triggers.o \
@@ -48,7 +51,7 @@ PGFILEDESC = "celloattr - repair Cello referral attribution"
 # all of that up (see README), so a plain "make installcheck" is not
 # supported.  The TAP tests (t/*.pl) start their own nodes with the settings
 # scripts/test writes to $CELLOATTR_TAP_CONF.
-REGRESS = validation attribute batch transaction triggers support privileges stripe chargebee cello_api
+REGRESS = validation attribute batch transaction triggers support privileges stripe chargebee cello_api operations
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./tmp_check_conf/celloattr.conf
 ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf

@@ -28,7 +28,7 @@
 
 #include "celloattr.h"
 
-static SPIPlanPtr insert_attribution_plan = NULL;
+static SPIPlanPtr insert_attribution_plans[2];	/* [1]: with the batch */
 static SPIPlanPtr find_live_plan = NULL;
 static SPIPlanPtr next_id_plan = NULL;
 static SPIPlanPtr supersede_plan = NULL;
@@ -98,6 +98,33 @@ plan_attribution(const AttributionRequest *req, bool signup_via_api,
 }
 
 /*
+ * The careful path's INSERT.  The first attribution of a statement names
+ * its batch, as in pending.c; 1.0's attributions lack the batch ($21
+ * unused).
+ */
+#define INSERT_SQL(batch_column, batch_value) \
+	"WITH a AS (" \
+	"  INSERT INTO celloattr.attributions" \
+	"    (ucc, new_user_id, gateway, customer_id, email, name, organization_id," \
+	"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by," \
+	"     id, supersedes, state, finished_at" batch_column ")" \
+	"  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13," \
+	"         n.id, $15, $19, CASE WHEN $20 THEN now() END" batch_value \
+	"    FROM (SELECT coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)) AS id) n" \
+	"  ON CONFLICT (gateway, new_user_id, dry_run)" \
+	"    WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING" \
+	"  RETURNING id" \
+	"), j AS (" \
+	"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)" \
+	"  SELECT a.id, p.kind, p.stage, p.state," \
+	"         'ca-' || i.install_id || '-' || a.id || '-' || p.kind" \
+	"    FROM a CROSS JOIN celloattr.installation i" \
+	"         CROSS JOIN unnest($16, $17, $18) AS p(kind, stage, state)" \
+	"  RETURNING 1" \
+	")" \
+	"SELECT a.id, (SELECT count(*) FROM j) FROM a"
+
+/*
  * Insert the attribution and its first steps in one statement; returns its
  * id, or 0 when a live one for the same user and gateway exists already
  * (then nothing is inserted).  forced_id/supersedes are 0 unless a forced
@@ -108,13 +135,16 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 					   int64 supersedes)
 {
 	const AttributionRequest *req = a->req;
-	Oid			types[20] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	Oid			types[21] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
 		TEXTOID, INT8OID, INT8OID, TEXTARRAYOID, INT2ARRAYOID, TEXTARRAYOID,
-	TEXTOID, BOOLOID};
+	TEXTOID, BOOLOID, INT8OID};
 	static const Oid step_types[3] = {TEXTOID, INT2OID, TEXTOID};
-	Datum		values[20];
-	char		nulls[20];
+	Datum		values[21];
+	char		nulls[21];
+	int64		batch = celloattr_statement_batch();
+	int64		id;
+	bool		with_batch;
 	ArrayColumn steps[3];
 	Oid			step_array_types[3];
 	bool		isnull;
@@ -128,28 +158,11 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 	}
 
 	memset(nulls, ' ', sizeof(nulls));
-	celloattr_prepare(&insert_attribution_plan,
-			"WITH a AS ("
-			"  INSERT INTO celloattr.attributions"
-			"    (ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
-			"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by,"
-			"     id, supersedes, state, finished_at)"
-			"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-			"          coalesce($14, nextval('celloattr.attributions_id_seq'::regclass)), $15,"
-			"          $19, CASE WHEN $20 THEN now() END)"
-			"  ON CONFLICT (gateway, new_user_id, dry_run)"
-			"    WHERE superseded_by IS NULL AND state <> 'cancelled' DO NOTHING"
-			"  RETURNING id"
-			"), j AS ("
-			"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)"
-			"  SELECT a.id, p.kind, p.stage, p.state,"
-			"         'ca-' || i.install_id || '-' || a.id || '-' || p.kind"
-			"    FROM a CROSS JOIN celloattr.installation i"
-			"         CROSS JOIN unnest($16, $17, $18) AS p(kind, stage, state)"
-			"  RETURNING 1"
-			")"
-			"SELECT a.id, (SELECT count(*) FROM j) FROM a",
-			20, types);
+	with_batch = celloattr_attributions_have_batch();
+	celloattr_prepare(&insert_attribution_plans[with_batch],
+					  with_batch ? INSERT_SQL(", batch", ", coalesce($21, n.id)") :
+					  INSERT_SQL("", ""),
+					  21, types);
 
 	values[0] = CStringGetTextDatum(req->ucc);
 	values[1] = CStringGetTextDatum(req->new_user_id);
@@ -172,8 +185,10 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 	celloattr_column_params(steps, 3, step_array_types, &values[15]);
 	values[18] = CStringGetTextDatum(a->state);
 	values[19] = BoolGetDatum(a->finished);
+	values[20] = Int64GetDatum(batch);
+	nulls[20] = batch ? ' ' : 'n';
 
-	if (celloattr_execute(insert_attribution_plan, values, nulls, SPI_OK_SELECT) == 0)
+	if (celloattr_execute(insert_attribution_plans[with_batch], values, nulls, SPI_OK_SELECT) == 0)
 		return 0;
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									2, &isnull)) != a->nsteps)
@@ -181,7 +196,9 @@ try_insert_attribution(const QueuedAttribution *a, int64 forced_id,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("celloattr.installation has no row"),
 				 errhint("Re-create the extension: DROP EXTENSION celloattr; CREATE EXTENSION celloattr.")));
-	return celloattr_first_int8();
+	id = celloattr_first_int8();
+	(void) celloattr_join_batch(id);
+	return id;
 }
 
 /*

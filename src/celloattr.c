@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * celloattr.c
- *	  Library entry point: settings, shared memory, the worker's
- *	  registration, and waking the worker when work is committed.
+ *	  Library entry point: settings, shared memory (the worker's statistics
+ *	  in it are stats.c's), the worker's registration, and waking the worker
+ *	  when work is committed.
  *
  * The wake-up follows the outbox rule: nothing reaches the network before
  * the transaction that queued it commits.  A statement trigger on the jobs
@@ -24,6 +25,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "stats.h"
 #include "worker.h"
 
 #include "celloattr.h"
@@ -49,7 +51,7 @@ celloattr_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(CelloattrShared)));
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CelloattrShared)) + stats_shmem_size());
 }
 
 static void
@@ -69,6 +71,7 @@ celloattr_shmem_startup(void)
 		SpinLockInit(&celloattr_shared->mutex);
 		ConditionVariableInit(&celloattr_shared->progress);
 	}
+	stats_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -178,6 +178,16 @@ extern bool celloattr_pending_hold(bool hold);
 /* statement.c: install the hooks that write batches as statements end. */
 extern void celloattr_pending_init(void);
 
+/* ----------------------------------------------------------- batch.c */
+
+/* The request batch (celloattr.progress) of the running client statement
+ * in this transaction, or 0 before it queued an attribution; the first
+ * attribution it queues (id) names it: returns the batch id joins. */
+extern int64 celloattr_statement_batch(void);
+extern int64 celloattr_join_batch(int64 id);
+/* false on the SQL objects of 1.0, whose attributions have no batch */
+extern bool celloattr_attributions_have_batch(void);
+
 /* One transaction of an attributed user (Cello API path). */
 typedef struct TransactionRequest
 {

@@ -83,4 +83,11 @@
 	pg_b64_encode((src), (len), (dst), (dstlen))
 #endif
 
+/* 17: a backend's local transaction id moved into MyProc->vxid */
+#if PG_VERSION_NUM >= 170000
+#define celloattr_my_lxid() (MyProc->vxid.lxid)
+#else
+#define celloattr_my_lxid() (MyProc->lxid)
+#endif
+
 #endif							/* CELLOATTR_COMPAT_H */

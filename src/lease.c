@@ -12,6 +12,7 @@
 
 #include "celloattr.h"
 #include "http.h"
+#include "stats.h"
 #include "worker.h"
 
 /*
@@ -81,6 +82,7 @@ lease_expire(Job *job, HttpEngine *engine, TimestampTz now)
 		/* not waiting for pace: its latest request is in flight */
 		ex = llast(job->exchanges);
 		http_engine_cancel(engine, ex, reason);
+		stats_answered(ex, job->kind);
 		if (!job_unsure_if_sent(job, ex))
 			job_retry(job, "%s %s: %s", ex->method, ex->url, reason);
 	}

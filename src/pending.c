@@ -72,12 +72,12 @@ enum
 {
 	C_ID, C_UCC, C_USER, C_GATEWAY, C_CUSTOMER, C_EMAIL, C_NAME, C_ORG,
 	C_SIGNUP_API, C_SIGNED_UP_AT, C_REASON, C_FORCE, C_DRY_RUN,
-	C_REQUESTED_BY, C_STATE, C_FINISHED_AT, NCOLUMNS
+	C_REQUESTED_BY, C_STATE, C_FINISHED_AT, C_BATCH, NCOLUMNS
 };
 const Oid	celloattr_column_types[NCOLUMNS] = {
 	INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	BOOLOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID,
-	TEXTOID, TEXTOID, TIMESTAMPTZOID
+	TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID
 };
 
 /* The columns of their first steps. */
@@ -113,7 +113,8 @@ static Oid	attributions_oid;
 static Oid	live_user_index_oid;
 static Oid	id_sequence_oid;
 
-static SPIPlanPtr flush_plan = NULL;
+/* [1]: with attributions.batch; [0]: for the objects of 1.0, without */
+static SPIPlanPtr flush_plans[2];
 
 static uint32
 user_key_hash(const void *key, Size keysize)
@@ -302,6 +303,25 @@ group_rows(const PendingRow *rows, int n)
 	return g;
 }
 
+/* The INSERT of a group (1.0's attributions lack the batch: $17 unused). */
+#define FLUSH_SQL(batch_column, batch_value) \
+	"WITH a AS (" \
+	"  INSERT INTO celloattr.attributions" \
+	"    (id, ucc, new_user_id, gateway, customer_id, email, name, organization_id," \
+	"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by," \
+	"     state, finished_at" batch_column ")" \
+	"  SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12," \
+	"                       $13, $14, $15, $16" batch_value ")" \
+	"), j AS (" \
+	"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)" \
+	"  SELECT p.id, p.kind, p.stage, p.state," \
+	"         'ca-' || i.install_id || '-' || p.id || '-' || p.kind" \
+	"    FROM unnest($18, $19, $20, $21) AS p(id, kind, stage, state)" \
+	"         CROSS JOIN celloattr.installation i" \
+	"  RETURNING 1" \
+	")" \
+	"SELECT count(*) FROM j"
+
 /* Insert one group, as its owner, with nothing of the caller's search_path. */
 static void
 write_group(FlushGroup *g)
@@ -313,6 +333,7 @@ write_group(FlushGroup *g)
 	bool		pushed_snapshot;
 	Oid		   *types = g->types;
 	Datum	   *params = g->params;
+	bool		with_batch;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(g->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
@@ -326,27 +347,13 @@ write_group(FlushGroup *g)
 		PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "celloattr: SPI_connect failed");
-	celloattr_prepare(&flush_plan,
-			"WITH a AS ("
-			"  INSERT INTO celloattr.attributions"
-			"    (id, ucc, new_user_id, gateway, customer_id, email, name, organization_id,"
-			"     signup_via_api, signed_up_at, reason, force, dry_run, requested_by,"
-			"     state, finished_at)"
-			"  SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-			"                       $13, $14, $15, $16)"
-			"), j AS ("
-			"  INSERT INTO celloattr.jobs (attribution_id, kind, stage, state, idempotency_key)"
-			"  SELECT p.id, p.kind, p.stage, p.state,"
-			"         'ca-' || i.install_id || '-' || p.id || '-' || p.kind"
-			"    FROM unnest($17, $18, $19, $20) AS p(id, kind, stage, state)"
-			"         CROSS JOIN celloattr.installation i"
-			"  RETURNING 1"
-			")"
-			"SELECT count(*) FROM j",
-			NCOLUMNS + NJOBCOLUMNS, types);
+	with_batch = celloattr_attributions_have_batch();
+	celloattr_prepare(&flush_plans[with_batch],
+					  with_batch ? FLUSH_SQL(", batch", ", $17") : FLUSH_SQL("", ""),
+					  NCOLUMNS + NJOBCOLUMNS, types);
 	PG_TRY();
 	{
-		celloattr_execute(flush_plan, params, NULL, SPI_OK_SELECT);
+		celloattr_execute(flush_plans[with_batch], params, NULL, SPI_OK_SELECT);
 	}
 	PG_CATCH();
 	{
@@ -491,6 +498,7 @@ celloattr_pending_queue(const QueuedAttribution *a)
 	set_value(row, C_FINISHED_AT,
 			  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
 			  !a->finished);
+	set_value(row, C_BATCH, Int64GetDatum(celloattr_join_batch(id)), false);
 	row->nsteps = a->nsteps;
 	for (int i = 0; i < a->nsteps; i++)
 	{

@@ -21,7 +21,7 @@
 extern int	celloattr_executor_depth;
 
 /* The columns of an attribution and of a first step (pending.c names them). */
-#define PENDING_NCOLUMNS 16
+#define PENDING_NCOLUMNS 17
 #define PENDING_NSTEPCOLUMNS 4
 extern const Oid celloattr_column_types[PENDING_NCOLUMNS];
 extern const Oid celloattr_step_column_types[PENDING_NSTEPCOLUMNS];

@@ -20,7 +20,8 @@
  * falls due or the end of a step's lease.  A step that is still running
  * when its lease ends (celloattr.lease, at least a request's timeout) is
  * aborted (lease.c): its transfer is cancelled and it is retried after
- * backoff.
+ * backoff.  What the loop does is kept in shared memory for the
+ * celloattr.worker_status view (stats.c).
  *
  * When no due step is left to claim, the worker deletes rows older than
  * celloattr.retention (retention.c): a batch per table, again and again
@@ -55,6 +56,7 @@
 #include "celloattr.h"
 #include "http.h"
 #include "record.h"
+#include "stats.h"
 #include "worker.h"
 
 /* Seconds a step waits after a local shortage (descriptors, memory)... */
@@ -127,6 +129,8 @@ try_send(Job *job, TimestampTz now, long *wait_ms)
 		job->error = psprintf("not sent: %s", ex->error);
 		finish(job);
 	}
+	else
+		stats_sent(ex->provider);
 	return true;
 }
 
@@ -221,6 +225,7 @@ exchange_done(HttpExchange *ex)
 	Job		   *job = (Job *) ex->owner;
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
+	stats_answered(ex, job->kind);
 	if (ex->resource_error)
 	{
 		/* our shortage, not the provider's answer: no attempt is used */
@@ -318,6 +323,7 @@ record_finished(void)
 			return false;
 		left = NIL;
 	}
+	stats_recorded(list_length(finished) - list_length(left));
 	foreach(lc, finished)
 		if (!list_member_ptr(left, lfirst(lc)))
 			MemoryContextDelete(((Job *) lfirst(lc))->cxt);
@@ -364,6 +370,7 @@ clear_worker_latch(int code, Datum arg)
 		celloattr_shared->worker_pid = 0;
 	}
 	SpinLockRelease(&celloattr_shared->mutex);
+	stats_worker_stopped();
 }
 
 /* Hand queue.c the ids of the steps this worker holds, to find the others. */
@@ -489,6 +496,8 @@ worker_round(MemoryContext loop_cxt)
 		/* now is before the claim's now(): a lease ends no later than its lease_until */
 		TimestampTz lease_ends = now + (TimestampTz) worker_lease_seconds() * USECS_PER_SEC;
 
+		stats_claimed(list_length(jobs));
+
 		/*
 		 * A SIGTERM during the claim may have cut short its commit's wait
 		 * for a synchronous standby (worker_sigterm): the standby may not
@@ -567,6 +576,13 @@ worker_round(MemoryContext loop_cxt)
 			timeout_ms = Min(timeout_ms, lease_ms);
 	}
 
+	/* what the loop is doing, for celloattr.worker_status */
+	stats_loop(loop.stop_at != 0 ? WORKER_STOPPING :
+			   !loop.orphans_requeued ? WORKER_STARTING :
+			   celloattr_paused ? WORKER_PAUSED :
+			   !celloattr_secrets_ready() ? WORKER_NO_SECRETS :
+			   running > 0 || finished != NIL ? WORKER_WORKING : WORKER_IDLE,
+			   running, http_engine_in_flight(engine));
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (http_engine_wait(engine, timeout_ms))
 		loop.claim_now = true;
@@ -624,6 +640,7 @@ celloattr_worker_main(Datum main_arg)
 	celloattr_shared->worker_pid = MyProcPid;
 	celloattr_shared->worker_database = MyDatabaseId;
 	SpinLockRelease(&celloattr_shared->mutex);
+	stats_worker_started();
 	before_shmem_exit(clear_worker_latch, 0);
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr worker loop",
