@@ -179,8 +179,14 @@ run_step_code(Job *job, HttpExchange *ex)
 	PG_END_TRY();
 }
 
+/*
+ * A claimed step starts running: its code runs and sends its first request.
+ * Not when the worker is stopping (send false, see worker_round): then a
+ * step goes back to the queue unsent, no attempt used.  One the claim
+ * settled (out of attempts) keeps its verdict: nothing is sent either way.
+ */
 static void
-start_job(Job *job, TimestampTz lease_ends)
+start_job(Job *job, TimestampTz lease_ends, bool send)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
@@ -189,33 +195,15 @@ start_job(Job *job, TimestampTz lease_ends)
 	dlist_push_tail(&running_jobs, &job->running_node);
 	if (job->ops == NULL)
 		job_fail(job, "unknown step kind \"%s\"", job->kind);
-	else if (job->verdict == JOB_RUNNING)
-		run_step_code(job, NULL);
-	/* else settled by the claim (out of attempts): nothing is sent */
-	advance(job);
-	MemoryContextSwitchTo(old);
-}
-
-/*
- * A step claimed as SIGTERM came: not sent, back to the queue, no attempt
- * used (see worker_round).  One the claim settled (out of attempts) keeps
- * its verdict: nothing is sent either way.
- */
-static void
-unsend_claimed(Job *job, TimestampTz lease_ends)
-{
-	MemoryContext old = MemoryContextSwitchTo(job->cxt);
-
-	running++;
-	job->lease_ends = lease_ends;
-	dlist_push_tail(&running_jobs, &job->running_node);
-	if (job->verdict == JOB_RUNNING)
+	else if (job->verdict == JOB_RUNNING && !send)
 	{
 		job->verdict = JOB_SNOOZE;
 		job->snooze_seconds = 0;
 		job->error = pstrdup("not sent: the worker was stopping");
 	}
-	finish(job);
+	else if (job->verdict == JOB_RUNNING)
+		run_step_code(job, NULL);
+	advance(job);
 	MemoryContextSwitchTo(old);
 }
 
@@ -505,12 +493,7 @@ worker_round(MemoryContext loop_cxt)
 		 * new; so they are not sent now but go back to the queue.
 		 */
 		foreach(lc, jobs)
-		{
-			if (ShutdownRequestPending)
-				unsend_claimed((Job *) lfirst(lc), lease_ends);
-			else
-				start_job((Job *) lfirst(lc), lease_ends);
-		}
+			start_job((Job *) lfirst(lc), lease_ends, !ShutdownRequestPending);
 		/* a full claim may have left more behind */
 		loop.claim_now = list_length(jobs) == room;
 		loop.next_claim_at = now + (TimestampTz) celloattr_poll_interval * 1000;
