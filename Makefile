@@ -19,6 +19,9 @@ OBJS = \
 	src/trigger_args.o \
 	src/triggers.o \
 	src/launcher.o \
+	src/dropdb.o \
+	src/slots.o \
+	src/dbsettings.o \
 	src/worker.o \
 	src/pace.o \
 	src/lease.o \

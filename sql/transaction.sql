@@ -64,6 +64,9 @@ SELECT j.payload - 'transaction_id' - 'paid_at' - 'paid_at_epoch' AS payload,
 SELECT trigger, invoice_id, price, currency, "interval", product_key, reason
   FROM celloattr.support_report(:tx_attr);
 
--- the window is a server setting (postgresql.conf or ALTER SYSTEM, then reload)
+-- the window is a superuser's setting (postgresql.conf, ALTER SYSTEM or
+-- ALTER DATABASE, then reload): an application role cannot widen it
 SHOW celloattr.transaction_window;
+SET ROLE celloattr_app;
 SET celloattr.transaction_window = '50d';
+RESET ROLE;

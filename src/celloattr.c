@@ -51,26 +51,17 @@ celloattr_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(CelloattrShared)) + stats_shmem_size());
+	RequestAddinShmemSpace(add_size(MAXALIGN(slots_shmem_size()), stats_shmem_size()));
 }
 
 static void
 celloattr_shmem_startup(void)
 {
-	bool		found;
-
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	celloattr_shared = ShmemInitStruct("celloattr", sizeof(CelloattrShared),
-									   &found);
-	if (!found)
-	{
-		memset(celloattr_shared, 0, sizeof(CelloattrShared));
-		SpinLockInit(&celloattr_shared->mutex);
-		ConditionVariableInit(&celloattr_shared->progress);
-	}
+	slots_shmem_init();
 	stats_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -82,16 +73,8 @@ celloattr_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_at_commit && celloattr_shared != NULL)
-			{
-				Latch	   *latch;
-
-				SpinLockAcquire(&celloattr_shared->mutex);
-				latch = celloattr_shared->worker_latch;
-				SpinLockRelease(&celloattr_shared->mutex);
-				if (latch != NULL)
-					SetLatch(latch);
-			}
+			if (wake_at_commit)
+				celloattr_wake_worker_of(MyDatabaseId);
 			wake_at_commit = false;
 			warned_no_worker = false;
 			break;
@@ -108,8 +91,8 @@ celloattr_xact_callback(XactEvent event, void *arg)
 
 /*
  * Warn, once per transaction, when no worker will ever carry out what this
- * database queues: the library is not preloaded, or the worker serves
- * another database.
+ * database queues: the library is not preloaded, or celloattr.database
+ * does not name this database.
  */
 static void
 warn_if_no_worker(void)
@@ -122,14 +105,13 @@ warn_if_no_worker(void)
 		ereport(WARNING,
 				(errmsg("celloattr is not loaded through shared_preload_libraries, so no worker will carry out this repair"),
 				 errdetail("The repair is recorded and stays queued until a worker runs."),
-				 errhint("Add celloattr to shared_preload_libraries, set celloattr.database, and restart the server.")));
-	else if (celloattr_database != NULL &&
-			 strcmp(celloattr_database, get_database_name(MyDatabaseId)) != 0)
+				 errhint("Add celloattr to shared_preload_libraries and restart the server.")));
+	else if (!celloattr_serves_database(get_database_name(MyDatabaseId)))
 		ereport(WARNING,
-				(errmsg("the celloattr worker serves database \"%s\", not this one, so no worker will carry out this repair",
-						celloattr_database),
-				 errdetail("The repair is recorded and stays queued until a worker serves this database."),
-				 errhint("Set celloattr.database to \"%s\" and restart the server.",
+				(errmsg("celloattr.database does not name this database, so no worker will carry out this repair"),
+				 errdetail("celloattr.database is \"%s\"; the repair is recorded and stays queued until a worker serves this database.",
+						   celloattr_database),
+				 errhint("Add \"%s\" to celloattr.database, or set it to '*', and reload.",
 						 get_database_name(MyDatabaseId))));
 }
 

@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
@@ -25,7 +26,8 @@
 
 /* ------------------------------------------------------------ guc.c */
 
-extern char *celloattr_database;
+extern char *celloattr_database;	/* '*', or a list of names */
+extern int	celloattr_max_workers;
 extern char *celloattr_stripe_api_url;
 extern char *celloattr_stripe_webhook_endpoint;
 extern char *celloattr_stripe_api_version;
@@ -54,6 +56,11 @@ extern int	celloattr_retention_batch;
 
 extern void celloattr_define_gucs(bool preloading);
 
+/* The names celloattr.database lists, in the current context; NIL for '*'. */
+extern List *celloattr_listed_databases(void);
+/* Whether celloattr.database names that database ('*' names them all). */
+extern bool celloattr_serves_database(const char *name);
+
 /* --------------------------------------------------------- secrets.c */
 
 #define CELLOATTR_SECRET_KEYS 6
@@ -81,21 +88,83 @@ extern bool celloattr_secrets_ready(void);
 
 /* ------------------------------------------------------- celloattr.c */
 
-/* State shared between backends and the worker (exists only when the
- * library was preloaded). */
+/*
+ * A worker's place in shared memory: the launcher assigns one to a
+ * database before it starts the worker there, and frees it once the worker
+ * has stopped.  celloattr.max_workers of them.
+ */
+typedef struct WorkerSlot
+{
+	Oid			database;		/* InvalidOid: free */
+	uint32		generation;		/* which start of the launcher's it is for */
+	pid_t		pid;			/* 0 until the worker runs, and once it left */
+	Latch	   *latch;			/* NULL while pid is 0 */
+	bool		no_extension;	/* it found no celloattr in its database */
+	uint32		created_seen;	/* extensions_created before it looked */
+} WorkerSlot;
+
+/* DROP DATABASEs of different databases waiting at once that ask the
+ * worker to leave first; more proceed as PostgreSQL would without it. */
+#define CELLOATTR_MAX_DROPS 16
+
+/* State shared between backends, the launcher and the workers (exists
+ * only when the library was preloaded). */
 typedef struct CelloattrShared
 {
 	slock_t		mutex;
-	Latch	   *worker_latch;	/* NULL while no worker runs */
-	pid_t		worker_pid;
-	Oid			worker_database;
 	ConditionVariable progress; /* broadcast when an attribution changes */
-	int			drop_requests;	/* DROP DATABASEs waiting for the worker to go */
+	Latch	   *launcher_latch; /* NULL while no launcher runs */
+	uint32		extensions_created; /* CREATE EXTENSION celloattr commits */
+	uint32		databases_changed;	/* CREATE, ALTER or DROP DATABASE */
+	uint32		generations;	/* slots handed out so far */
+	Oid			dropping[CELLOATTR_MAX_DROPS];	/* databases being dropped */
+	int			drop_requests[CELLOATTR_MAX_DROPS]; /* backends waiting, each */
+	int			nslots;
+	WorkerSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } CelloattrShared;
 
 extern CelloattrShared *celloattr_shared;
 extern bool celloattr_preloaded;
 extern bool celloattr_am_worker;
+
+/* ----------------------------------------------------------- slots.c */
+
+extern Size slots_shmem_size(void);
+extern void slots_shmem_init(void);
+
+/* Set the latch of the worker serving that database, if one runs. */
+extern void celloattr_wake_worker_of(Oid database);
+
+/* Ask the launcher to look at the databases again (extension_created:
+ * also at those where no extension was found), now or once this
+ * transaction commits. */
+extern void celloattr_poke_launcher(bool extension_created);
+extern void celloattr_poke_launcher_at_commit(bool extension_created);
+/* Wake this database's worker once this transaction commits (the
+ * extension was dropped: it leaves). */
+extern void celloattr_wake_own_worker_at_commit(void);
+
+/* What the launcher tells a worker it starts (bgw_extra): its slot. */
+typedef struct WorkerTicket
+{
+	int			slot;
+	uint32		generation;
+} WorkerTicket;
+
+/* The worker takes its slot; false when the ticket is stale (a launcher
+ * that stopped registered it, and its slot went to another). */
+extern bool celloattr_slot_attach(const WorkerTicket *ticket);
+/* The worker's slot, once attached; NULL before. */
+extern WorkerSlot *celloattr_my_slot;
+/* The worker leaves it (pid and latch cleared; the launcher frees it). */
+extern void celloattr_slot_detach(void);
+/* The count of CREATE EXTENSION celloattr commits so far. */
+extern uint32 celloattr_extensions_created(void);
+/* The worker found no extension after reading that count. */
+extern void celloattr_slot_no_extension(uint32 created_seen);
+
+/* Whether a DROP DATABASE of that database waits for its worker to leave. */
+extern bool celloattr_database_dropping(Oid database);
 
 /* Wake the worker when the current transaction commits. */
 extern void celloattr_wake_worker_at_commit(void);
@@ -104,6 +173,8 @@ extern void celloattr_wake_worker_at_commit(void);
 
 /* The worker's check of pg_extension.extversion (in a transaction). */
 extern bool celloattr_worker_may_run(void);
+/* Its last check found no celloattr in the database at all. */
+extern bool celloattr_extension_missing;
 /* The SQL functions' check: errors on a version the library does not know. */
 extern void celloattr_check_sql_version(void);
 extern void celloattr_version_init(void);

@@ -8,9 +8,16 @@
  * celloattr.secrets_file names (secrets.c).  The settings that held them in
  * 1.0 remain as names only, so that a value left in the configuration is
  * refused with a message pointing to the file, without showing the value.
- * Base URLs are superuser-only to read, and like every PGC_SIGHUP setting
- * only the configuration file (or ALTER SYSTEM) sets them, since whoever
- * controls them receives the keys.
+ * Base URLs are superuser-only to read, and only a superuser sets them,
+ * since whoever controls them receives the keys.
+ *
+ * The settings of the provider accounts (URLs, ids, rates, the window,
+ * paused) are PGC_SUSET, so that a superuser can set them per database
+ * with ALTER DATABASE ... SET, for a cluster whose databases belong to
+ * different accounts; the worker takes them as it connects, and starts
+ * afresh when a reload finds them changed (dbsettings.c).  The worker's
+ * own mechanics (timeouts, transfers, lease, retention) stay PGC_SIGHUP,
+ * one for the cluster.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,11 +25,14 @@
 
 #include <float.h>
 
+#include "nodes/pg_list.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "celloattr.h"
 
 char	   *celloattr_database = NULL;
+int			celloattr_max_workers = 8;
 char	   *celloattr_stripe_api_url = NULL;
 char	   *celloattr_stripe_webhook_endpoint = NULL;
 char	   *celloattr_stripe_api_version = NULL;
@@ -90,24 +100,83 @@ static GucStringCheckHook const refuse_secret_hooks[] = {
 StaticAssertDecl(lengthof(refuse_secret_hooks) == CELLOATTR_SECRET_KEYS,
 				 "one check hook per secret key");
 
-/* A URL or identifier setting: reloadable, superuser-only. */
+/* celloattr.database: '*', or a list of names (quoted as in search_path). */
+static bool
+check_database_list(char **newval, void **extra, GucSource source)
+{
+	char	   *copy;
+	List	   *names = NIL;
+	bool		ok;
+
+	if (strcmp(*newval, "*") == 0)
+		return true;
+	copy = pstrdup(*newval);
+	ok = SplitGUCList(copy, ',', &names) && names != NIL;
+	list_free(names);
+	pfree(copy);
+	if (!ok)
+	{
+		GUC_check_errdetail("celloattr.database takes '*' or a comma-separated list of database names.");
+		return false;
+	}
+	return true;
+}
+
+List *
+celloattr_listed_databases(void)
+{
+	List	   *names = NIL;
+
+	if (celloattr_database == NULL || strcmp(celloattr_database, "*") == 0)
+		return NIL;
+	/* checked by check_database_list: cannot fail */
+	(void) SplitGUCList(pstrdup(celloattr_database), ',', &names);
+	return names;
+}
+
+bool
+celloattr_serves_database(const char *name)
+{
+	List	   *names = celloattr_listed_databases();
+	ListCell   *lc;
+
+	if (names == NIL)
+		return true;
+	foreach(lc, names)
+		if (strcmp(lfirst(lc), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A setting of the provider accounts a database's repairs go to: set for
+ * the cluster (postgresql.conf, ALTER SYSTEM) or, by a superuser, for one
+ * database (ALTER DATABASE ... SET); superuser-only to read.
+ */
 static void
-define_sighup_string(const char *name, const char *desc, char **var,
-					 const char *boot, int flags)
+define_account_string(const char *name, const char *desc, char **var,
+					  const char *boot)
 {
 	DefineCustomStringVariable(name, desc, NULL, var, boot,
-							   PGC_SIGHUP, flags, NULL, NULL, NULL);
+							   PGC_SUSET, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 }
 
 void
 celloattr_define_gucs(bool preloading)
 {
-	/* The worker connects once, at start: only the postmaster can set it. */
+	/* The launcher's: they mean nothing without it. */
 	if (preloading)
+	{
 		DefineCustomStringVariable("celloattr.database",
-								   "Database whose repairs the celloattr worker carries out.",
-								   NULL, &celloattr_database, "postgres",
-								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+								   "Databases whose repairs celloattr workers carry out: '*' for every one where the extension is created, or a list.",
+								   NULL, &celloattr_database, "*",
+								   PGC_SIGHUP, GUC_LIST_INPUT,
+								   check_database_list, NULL, NULL);
+		DefineCustomIntVariable("celloattr.max_workers",
+								"Most celloattr workers at once, one per database served.",
+								NULL, &celloattr_max_workers, 8, 1, 1024,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	}
 
 	DefineCustomStringVariable("celloattr.secrets_file",
 							   "File holding the provider secrets, relative to the data directory; empty for none.",
@@ -125,42 +194,37 @@ celloattr_define_gucs(bool preloading)
 		pfree(name);
 	}
 
-	define_sighup_string("celloattr.stripe_api_url",
-						 "Base URL of the Stripe API.",
-						 &celloattr_stripe_api_url, "https://api.stripe.com",
-						 GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.stripe_webhook_endpoint",
-						 "Id (we_...) of Cello's webhook endpoint in the Stripe account, where past events are resent.",
-						 &celloattr_stripe_webhook_endpoint, "",
-						 GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.stripe_api_version",
-						 "Stripe-Version header to pin, empty for the account's default.",
-						 &celloattr_stripe_api_version, "",
-						 GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.chargebee_site",
-						 "Chargebee site name; the API is https://{site}.chargebee.com/api/v2.",
-						 &celloattr_chargebee_site, "", GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.chargebee_api_url",
-						 "Full Chargebee API base URL; overrides chargebee_site when set.",
-						 &celloattr_chargebee_api_url, "", GUC_SUPERUSER_ONLY);
-	define_sighup_string("celloattr.chargebee_webhook_url",
-						 "Cello's Chargebee webhook URL, where past payment events are re-delivered.",
-						 &celloattr_chargebee_webhook_url, "",
-						 GUC_SUPERUSER_ONLY);
+	define_account_string("celloattr.stripe_api_url",
+						  "Base URL of the Stripe API.",
+						  &celloattr_stripe_api_url, "https://api.stripe.com");
+	define_account_string("celloattr.stripe_webhook_endpoint",
+						  "Id (we_...) of Cello's webhook endpoint in the Stripe account, where past events are resent.",
+						  &celloattr_stripe_webhook_endpoint, "");
+	define_account_string("celloattr.stripe_api_version",
+						  "Stripe-Version header to pin, empty for the account's default.",
+						  &celloattr_stripe_api_version, "");
+	define_account_string("celloattr.chargebee_site",
+						  "Chargebee site name; the API is https://{site}.chargebee.com/api/v2.",
+						  &celloattr_chargebee_site, "");
+	define_account_string("celloattr.chargebee_api_url",
+						  "Full Chargebee API base URL; overrides chargebee_site when set.",
+						  &celloattr_chargebee_api_url, "");
+	define_account_string("celloattr.chargebee_webhook_url",
+						  "Cello's Chargebee webhook URL, where past payment events are re-delivered.",
+						  &celloattr_chargebee_webhook_url, "");
 	DefineCustomBoolVariable("celloattr.chargebee_custom_fields",
 							 "Write the referral to cf_ custom fields instead of meta_data in Chargebee.",
 							 NULL, &celloattr_chargebee_custom_fields, false,
-							 PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
-	define_sighup_string("celloattr.cello_api_url",
-						 "Base URL of the Cello API (sandbox: https://api.sandbox.cello.so).",
-						 &celloattr_cello_api_url, "https://api.cello.so",
-						 GUC_SUPERUSER_ONLY);
+							 PGC_SUSET, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	define_account_string("celloattr.cello_api_url",
+						  "Base URL of the Cello API (sandbox: https://api.sandbox.cello.so).",
+						  &celloattr_cello_api_url, "https://api.cello.so");
 
 	DefineCustomIntVariable("celloattr.transaction_window",
 							"Age up to which past transactions are replayed; older ones go to the support report.",
 							NULL, &celloattr_transaction_window, 30 * SECS_PER_DAY,
 							60, 365 * SECS_PER_DAY,
-							PGC_SIGHUP, GUC_UNIT_S | GUC_SUPERUSER_ONLY,
+							PGC_SUSET, GUC_UNIT_S | GUC_SUPERUSER_ONLY,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("celloattr.max_in_flight",
 							"Most HTTP transfers the worker has in flight at once.",
@@ -201,7 +265,7 @@ celloattr_define_gucs(bool preloading)
 	DefineCustomBoolVariable("celloattr.paused",
 							 "Stop starting new steps (what is in flight finishes); queueing goes on.",
 							 NULL, &celloattr_paused, false,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("celloattr.log_body_limit",
 							"Bytes of each request and response body kept in celloattr.http_log.",
 							NULL, &celloattr_log_body_limit, 8192, 0, 1024 * 1024,
@@ -209,15 +273,15 @@ celloattr_define_gucs(bool preloading)
 	DefineCustomRealVariable("celloattr.stripe_rate_limit",
 							 "Most Stripe requests per second (0: no pacing).",
 							 NULL, &celloattr_stripe_rate_limit, 25, 0, 10000,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomRealVariable("celloattr.chargebee_rate_limit",
 							 "Most Chargebee requests per minute (0: no pacing).",
 							 NULL, &celloattr_chargebee_rate_limit, 120, 0, 1000000,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomRealVariable("celloattr.cello_rate_limit",
 							 "Most Cello API requests per second (0: no pacing).",
 							 NULL, &celloattr_cello_rate_limit, 10, 0, 10000,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("celloattr.retention",
 							"Age after which the worker deletes HTTP log rows and finished steps (0: keep them forever).",

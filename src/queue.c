@@ -67,7 +67,8 @@ lock_tables(void)
 	Oid			jobs;
 	Oid			attributions;
 
-	if (!OidIsValid(nsp) || !celloattr_worker_may_run())
+	/* the version first: it also tells the worker when the extension is gone */
+	if (!celloattr_worker_may_run() || !OidIsValid(nsp))
 		return false;
 	jobs = get_relname_relid("jobs", nsp);
 	attributions = get_relname_relid("attributions", nsp);

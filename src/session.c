@@ -35,6 +35,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -113,4 +114,18 @@ worker_pin_settings(void)
 	pin_identity();
 	for (int i = 0; i < (int) lengthof(pinned); i++)
 		SetConfigOption(pinned[i].name, pinned[i].value, PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/* The name of the worker's database, for its messages (TopMemoryContext). */
+char *
+worker_database_name(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *name;
+
+	StartTransactionCommand();
+	name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	return name;
 }

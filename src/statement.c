@@ -18,6 +18,8 @@
 
 #include "access/xact.h"
 #include "executor/executor.h"
+#include "nodes/parsenodes.h"
+#include "nodes/value.h"
 #include "tcop/utility.h"
 #include "utils/snapmgr.h"
 
@@ -99,6 +101,45 @@ statement_executor_finish(QueryDesc *queryDesc)
 	flush_if_finished();
 }
 
+/*
+ * What a utility command that ran means to the launcher or the worker: the
+ * extension created (a worker can start here, once this commits), dropped
+ * (the worker leaves: woken at commit so it looks now), or a database
+ * created, renamed, or made (un)connectable or a template (the launcher
+ * looks at pg_database again now, not at its next round).
+ */
+static void
+tell_launcher_about(Node *stmt)
+{
+	switch (nodeTag(stmt))
+	{
+		case T_CreateExtensionStmt:
+			if (strcmp(((CreateExtensionStmt *) stmt)->extname, "celloattr") == 0)
+				celloattr_poke_launcher_at_commit(true);
+			break;
+		case T_DropStmt:
+			if (((DropStmt *) stmt)->removeType == OBJECT_EXTENSION)
+			{
+				ListCell   *lc;
+
+				foreach(lc, ((DropStmt *) stmt)->objects)
+					if (strcmp(strVal(lfirst(lc)), "celloattr") == 0)
+						celloattr_wake_own_worker_at_commit();
+			}
+			break;
+		case T_CreatedbStmt:
+		case T_AlterDatabaseStmt:
+			celloattr_poke_launcher_at_commit(false);
+			break;
+		case T_RenameStmt:
+			if (((RenameStmt *) stmt)->renameType == OBJECT_DATABASE)
+				celloattr_poke_launcher_at_commit(false);
+			break;
+		default:
+			break;
+	}
+}
+
 static void
 statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 						  bool readOnlyTree, ProcessUtilityContext context,
@@ -116,6 +157,7 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 		else
 			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 									params, queryEnv, dest, qc);
+		tell_launcher_about(pstmt->utilityStmt);
 	}
 	PG_FINALLY();
 	{

@@ -10,7 +10,8 @@
  * a copy of a few hundred bytes.  The worker's updates are as short, one
  * per request sent, per answer and per loop.  Counters start from zero
  * when a worker starts; a worker that stopped leaves its last figures,
- * shown as 'stopped'.
+ * shown as 'stopped'.  Each worker slot has its block; the view shows the
+ * worker of the database it is read in, nothing of the others'.
  *
  *-------------------------------------------------------------------------
  */
@@ -68,6 +69,8 @@ typedef struct WorkerStats
 	ProviderStats providers[NPROVIDERS];
 } WorkerStats;
 
+/* A block per worker slot (celloattr.max_workers); the worker's own. */
+static WorkerStats *all_stats = NULL;
 static WorkerStats *stats = NULL;
 
 static const char *const state_names[] = {
@@ -83,7 +86,7 @@ static const char *const state_names[] = {
 Size
 stats_shmem_size(void)
 {
-	return MAXALIGN(sizeof(WorkerStats));
+	return mul_size(celloattr_max_workers, sizeof(WorkerStats));
 }
 
 /* Called with AddinShmemInitLock held. */
@@ -92,12 +95,15 @@ stats_shmem_init(void)
 {
 	bool		found;
 
-	stats = ShmemInitStruct("celloattr worker stats", sizeof(WorkerStats), &found);
+	all_stats = ShmemInitStruct("celloattr worker stats", stats_shmem_size(), &found);
 	if (!found)
 	{
-		memset(stats, 0, sizeof(WorkerStats));
-		SpinLockInit(&stats->mutex);
-		stats->state = WORKER_STOPPED;
+		memset(all_stats, 0, stats_shmem_size());
+		for (int i = 0; i < celloattr_max_workers; i++)
+		{
+			SpinLockInit(&all_stats[i].mutex);
+			all_stats[i].state = WORKER_STOPPED;
+		}
 	}
 }
 
@@ -113,6 +119,7 @@ provider_stats(const char *provider)
 void
 stats_worker_started(void)
 {
+	stats = &all_stats[celloattr_my_slot - celloattr_shared->slots];
 	SpinLockAcquire(&stats->mutex);
 	memset(&stats->providers, 0, sizeof(stats->providers));
 	stats->pid = MyProcPid;
@@ -127,6 +134,8 @@ stats_worker_started(void)
 void
 stats_worker_stopped(void)
 {
+	if (stats == NULL)
+		return;					/* it left before it started */
 	SpinLockAcquire(&stats->mutex);
 	if (stats->pid == MyProcPid)
 	{
@@ -244,12 +253,20 @@ cello_worker_status(PG_FUNCTION_ARGS)
 	char	   *database;
 
 	InitMaterializedSRF(fcinfo, 0);
-	if (stats == NULL)
+	if (all_stats == NULL)
 		return (Datum) 0;
 
-	SpinLockAcquire(&stats->mutex);
-	memcpy(&copy, stats, sizeof(WorkerStats));
-	SpinLockRelease(&stats->mutex);
+	/* this database's worker: the last one started in it */
+	copy.started_at = 0;
+	for (int i = 0; i < celloattr_max_workers; i++)
+	{
+		WorkerStats *block = &all_stats[i];
+
+		SpinLockAcquire(&block->mutex);
+		if (block->database == MyDatabaseId && block->started_at > copy.started_at)
+			memcpy(&copy, block, sizeof(WorkerStats));
+		SpinLockRelease(&block->mutex);
+	}
 	if (copy.started_at == 0)
 		return (Datum) 0;
 	database = get_database_name(copy.database);

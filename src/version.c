@@ -23,6 +23,8 @@
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -34,6 +36,8 @@ static const char *const known_versions[] = {"1.0", CELLOATTR_VERSION};
 
 /* The version the worker last logged about: logged once, until it changes. */
 static char logged_version[64] = "";
+
+bool		celloattr_extension_missing = false;
 
 /* This transaction found a version the functions work with. */
 static bool checked_in_xact = false;
@@ -86,6 +90,7 @@ celloattr_worker_may_run(void)
 {
 	char	   *version = sql_version();
 
+	celloattr_extension_missing = version == NULL;
 	if (version == NULL)
 		return false;
 	if (strcmp(version, CELLOATTR_VERSION) == 0)
@@ -102,7 +107,7 @@ celloattr_worker_may_run(void)
 							version, CELLOATTR_VERSION),
 					 errdetail("Queued repairs stay queued until the objects are updated."),
 					 errhint("Run ALTER EXTENSION celloattr UPDATE in database \"%s\".",
-							 celloattr_database)));
+							 get_database_name(MyDatabaseId))));
 		else
 			ereport(WARNING,
 					(errmsg("celloattr worker is waiting: the extension's SQL objects are at version %s, which this library (version %s) does not know",

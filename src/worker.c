@@ -351,14 +351,25 @@ unsend_waiting(void)
 static void
 clear_worker_latch(int code, Datum arg)
 {
-	SpinLockAcquire(&celloattr_shared->mutex);
-	if (celloattr_shared->worker_pid == MyProcPid)
-	{
-		celloattr_shared->worker_latch = NULL;
-		celloattr_shared->worker_pid = 0;
-	}
-	SpinLockRelease(&celloattr_shared->mutex);
+	celloattr_slot_detach();
 	stats_worker_stopped();
+}
+
+/*
+ * Whether the extension is gone from the worker's database: then its slot
+ * says so, with the count of CREATE EXTENSIONs read before the look, so
+ * that the launcher starts the worker again after one that it may have
+ * missed (slots.c).
+ */
+static bool
+extension_gone(void)
+{
+	uint32		created = celloattr_extensions_created();
+
+	if (queue_extension_ready(true))
+		return false;
+	celloattr_slot_no_extension(created);
+	return true;
 }
 
 /* Hand queue.c the ids of the steps this worker holds, to find the others. */
@@ -419,9 +430,23 @@ worker_round(MemoryContext loop_cxt)
 		ProcessConfigFile(PGC_SIGHUP);
 		worker_pin_settings();
 		celloattr_secrets_load();
+		if (!ShutdownRequestPending && worker_database_settings_changed())
+		{
+			/* they apply as a session connects: stop, and the launcher starts us again */
+			ereport(LOG,
+					(errmsg("celloattr worker restarting: the celloattr settings of this database changed")));
+			ShutdownRequestPending = true;
+		}
 	}
-	if (celloattr_shared->drop_requests > 0)
+	if (celloattr_database_dropping(MyDatabaseId))
 		return false;			/* DROP DATABASE is waiting for us to leave */
+	if (celloattr_extension_missing && extension_gone())
+	{
+		/* nothing of what is in flight can be recorded any more */
+		ereport(LOG,
+				(errmsg("celloattr worker leaving: the extension was dropped from this database")));
+		return false;
+	}
 	MemoryContextReset(loop_cxt);
 	MemoryContextSwitchTo(loop_cxt);
 	now = GetCurrentTimestamp();
@@ -606,6 +631,7 @@ celloattr_worker_main(Datum main_arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
+	char	   *database;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
@@ -618,13 +644,20 @@ celloattr_worker_main(Datum main_arg)
 	celloattr_am_worker = true;
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	SpinLockAcquire(&celloattr_shared->mutex);
-	celloattr_shared->worker_latch = MyLatch;
-	celloattr_shared->worker_pid = MyProcPid;
-	celloattr_shared->worker_database = MyDatabaseId;
-	SpinLockRelease(&celloattr_shared->mutex);
-	stats_worker_started();
+	if (!celloattr_slot_attach((WorkerTicket *) MyBgworkerEntry->bgw_extra))
+		proc_exit(0);			/* a launcher that stopped started it */
 	before_shmem_exit(clear_worker_latch, 0);
+	database = worker_database_name();
+	worker_remember_database_settings();
+	if (extension_gone())
+	{
+		/* the launcher started it to look: said only where the list named it */
+		ereport(celloattr_listed_databases() != NIL ? LOG : DEBUG1,
+				(errmsg("celloattr worker: the extension is not created in database \"%s\"; a worker starts there once it is",
+						database)));
+		proc_exit(0);
+	}
+	stats_worker_started();
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
@@ -638,7 +671,7 @@ celloattr_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	celloattr_secrets_load();
-	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
+	elog(LOG, "celloattr worker started in database \"%s\"", database);
 
 	/*
 	 * The last line of defence, as in autovacuum: an ERROR that no

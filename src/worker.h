@@ -31,6 +31,12 @@ pg_noreturn PGDLLEXPORT void celloattr_worker_main(Datum main_arg);
  * LOCKED and conditional locks do not already avoid. */
 #define WORKER_LOCK_TIMEOUT "1s"
 extern void worker_pin_settings(void);
+extern char *worker_database_name(void);
+
+/* dbsettings.c: the celloattr.* settings of the worker's database as it
+ * connected, and whether a reload finds them changed. */
+extern void worker_remember_database_settings(void);
+extern bool worker_database_settings_changed(void);
 
 /*
  * queue.c: the worker's short transactions on the queue tables.  A

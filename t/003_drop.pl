@@ -1,7 +1,7 @@
 # t/003_drop.pl: TRUNCATE, DROP EXTENSION and DROP DATABASE (with and
 # without FORCE) while the worker has requests in flight: none hangs, the
-# worker survives (or the launcher starts a new one for the new database)
-# and the next repair completes.
+# worker survives (or the launcher starts a new one for the new database or
+# the new extension) and the next repair completes.
 
 use strict;
 use warnings;
@@ -49,8 +49,16 @@ sub survives
 	  unless $node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_database WHERE datname = '$db'");
 	$node->safe_psql($db, 'CREATE EXTENSION IF NOT EXISTS celloattr');
-	my $now = $same_worker ? worker_pid($node) : wait_for_new_worker($node, $pid);
-	if ($same_worker)
+	my $now = $same_worker == 1 ? worker_pid($node)
+	  : $same_worker == 2 ? wait_for_new_worker($node, 0)
+	  : wait_for_new_worker($node, $pid);
+	if ($same_worker == 2)
+	{
+		# the worker leaves a database without the extension, unless it is
+		# back before the worker looked; either way one serves it again
+		ok($now, "$what: a worker serves the database again");
+	}
+	elsif ($same_worker)
 	{
 		is($now, $pid, "$what: the worker survived");
 	}
@@ -65,7 +73,7 @@ sub survives
 survives('TRUNCATE jobs', $db, 'TRUNCATE celloattr.jobs', 't', 1);
 survives('TRUNCATE attributions CASCADE', $db,
 	'TRUNCATE celloattr.attributions CASCADE', 'u', 1);
-survives('DROP EXTENSION', $db, 'DROP EXTENSION celloattr', 'e', 1);
+survives('DROP EXTENSION', $db, 'DROP EXTENSION celloattr', 'e', 2);
 survives('DROP DATABASE', 'postgres', "DROP DATABASE $db", 'd', 0);
 survives('DROP DATABASE WITH (FORCE)', 'postgres', "DROP DATABASE $db WITH (FORCE)", 'f', 0);
 is(worker_crashes($node), 0, 'the worker never crashed');
