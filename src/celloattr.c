@@ -51,7 +51,8 @@ celloattr_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(CelloattrShared)) + stats_shmem_size());
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CelloattrShared)) + stats_shmem_size() +
+						   pace_shmem_size());
 }
 
 static void
@@ -72,6 +73,7 @@ celloattr_shmem_startup(void)
 		ConditionVariableInit(&celloattr_shared->progress);
 	}
 	stats_shmem_init();
+	pace_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

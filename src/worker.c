@@ -10,9 +10,10 @@
  * in flight.  Idle, the worker sleeps until the next retry falls due or
  * celloattr.poll_interval passes, whichever is first.
  *
- * Requests wait for a token of their provider's bucket before they go out
- * (pace.c), so a backlog never exceeds the configured rate; a 429 also
- * closes the provider's bucket until its Retry-After has passed.
+ * Requests wait for a token of their provider account's bucket before they
+ * go out (pace.c, shared with the workers of other databases that use the
+ * same account), so a backlog never exceeds the configured rate; a 429
+ * also closes the account's bucket until its Retry-After has passed.
  *
  * Every deadline is kept as a point in time and checked on each round,
  * whatever woke the worker: a steady stream of commits setting the latch
@@ -419,6 +420,7 @@ worker_round(MemoryContext loop_cxt)
 		ProcessConfigFile(PGC_SIGHUP);
 		worker_pin_settings();
 		celloattr_secrets_load();
+		pace_accounts_changed();
 	}
 	if (celloattr_shared->drop_requests > 0)
 		return false;			/* DROP DATABASE is waiting for us to leave */
@@ -638,6 +640,7 @@ celloattr_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	celloattr_secrets_load();
+	pace_accounts_changed();
 	elog(LOG, "celloattr worker started in database \"%s\"", celloattr_database);
 
 	/*
