@@ -378,9 +378,8 @@ pace_close(const char *provider, TimestampTz until)
 		return;
 	SpinLockAcquire(&table->mutex);
 	b = claim_bucket(p, now);
-	/* never shortened: a 429 of another worker sharing the account, or a
-	 * step that snoozes for its own reasons (a page of the event index
-	 * read, due again at once), must not reopen a bucket a 429 closed */
+	/* never shortened: a 429 with a shorter Retry-After, maybe another
+	 * worker's sharing the account, must not reopen it early */
 	if (until > b->closed_until)
 		b->closed_until = until;
 	SpinLockRelease(&table->mutex);

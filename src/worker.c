@@ -226,7 +226,10 @@ exchange_done(HttpExchange *ex)
 	else
 	{
 		run_step_code(job, ex);
-		if (job->verdict == JOB_SNOOZE)
+		/* only the provider's 429: the bucket is shared with other
+		 * databases, which a step's own wait (a Cello token another step
+		 * is getting) must not hold */
+		if (job->verdict == JOB_SNOOZE && ex->status == 429)
 			pace_close(ex->provider, GetCurrentTimestamp() +
 					   (TimestampTz) (job->snooze_seconds * 1e6));
 	}
