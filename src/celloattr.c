@@ -51,7 +51,8 @@ celloattr_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(add_size(MAXALIGN(slots_shmem_size()), stats_shmem_size()));
+	RequestAddinShmemSpace(add_size(add_size(MAXALIGN(slots_shmem_size()), stats_shmem_size()),
+									pace_shmem_size()));
 }
 
 static void
@@ -63,6 +64,7 @@ celloattr_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	slots_shmem_init();
 	stats_shmem_init();
+	pace_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -57,6 +57,17 @@ state_of(Job *job)
 	return (CbState *) job->state;
 }
 
+char *
+chargebee_api_base(void)
+{
+	if (celloattr_chargebee_api_url && celloattr_chargebee_api_url[0])
+		return base_url(celloattr_chargebee_api_url);
+	if (celloattr_chargebee_site && celloattr_chargebee_site[0])
+		return psprintf("https://%s.chargebee.com/api/v2",
+						url_escape(celloattr_chargebee_site));
+	return NULL;
+}
+
 /* A request to Chargebee with its authentication; NULL (job failed) if unset. */
 HttpExchange *
 chargebee_request(Job *job, const char *method, const char *path_fmt,...)
@@ -70,12 +81,8 @@ chargebee_request(Job *job, const char *method, const char *path_fmt,...)
 		job_fail(job, "chargebee_api_key is not set in the secrets file (celloattr.secrets_file)");
 		return NULL;
 	}
-	if (celloattr_chargebee_api_url && celloattr_chargebee_api_url[0])
-		base = celloattr_chargebee_api_url;
-	else if (celloattr_chargebee_site && celloattr_chargebee_site[0])
-		base = psprintf("https://%s.chargebee.com/api/v2",
-						url_escape(celloattr_chargebee_site));
-	else
+	base = chargebee_api_base();
+	if (base == NULL)
 	{
 		job_fail(job, "neither celloattr.chargebee_site nor celloattr.chargebee_api_url is set");
 		return NULL;

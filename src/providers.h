@@ -41,6 +41,9 @@ extern const StepOps chargebee_redeliver_step;
 /* A request to Chargebee with its authentication; NULL (job failed) if unset. */
 extern HttpExchange *chargebee_request(Job *job, const char *method,
 									   const char *path_fmt,...) pg_attribute_printf(3, 4);
+/* The site's API base URL (celloattr.chargebee_api_url, else the one of
+ * celloattr.chargebee_site), or NULL when neither is set. */
+extern char *chargebee_api_base(void);
 /* Chargebee's message (and Cello's webhook's) in an error body. */
 extern char *chargebee_message(const char *body);
 /* Chargebee's limits reset after about a minute; Retry-After is not documented */

@@ -10,9 +10,10 @@
  * in flight.  Idle, the worker sleeps until the next retry falls due or
  * celloattr.poll_interval passes, whichever is first.
  *
- * Requests wait for a token of their provider's bucket before they go out
- * (pace.c), so a backlog never exceeds the configured rate; a 429 also
- * closes the provider's bucket until its Retry-After has passed.
+ * Requests wait for a token of their provider account's bucket before they
+ * go out (pace.c, shared with the workers of other databases that use the
+ * same account), so a backlog never exceeds the configured rate; a 429
+ * also closes the account's bucket until its Retry-After has passed.
  *
  * Every deadline is kept as a point in time and checked on each round,
  * whatever woke the worker: a steady stream of commits setting the latch
@@ -225,7 +226,10 @@ exchange_done(HttpExchange *ex)
 	else
 	{
 		run_step_code(job, ex);
-		if (job->verdict == JOB_SNOOZE)
+		/* only the provider's 429: the bucket is shared with other
+		 * databases, which a step's own wait (a Cello token another step
+		 * is getting) must not hold */
+		if (job->verdict == JOB_SNOOZE && ex->status == 429)
 			pace_close(ex->provider, GetCurrentTimestamp() +
 					   (TimestampTz) (job->snooze_seconds * 1e6));
 	}
@@ -430,6 +434,7 @@ worker_round(MemoryContext loop_cxt)
 		ProcessConfigFile(PGC_SIGHUP);
 		worker_pin_settings();
 		celloattr_secrets_load();
+		pace_accounts_changed();
 		if (!ShutdownRequestPending && worker_database_settings_changed())
 		{
 			/* they apply as a session connects: stop, and the launcher starts us again */
@@ -671,6 +676,7 @@ celloattr_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	celloattr_secrets_load();
+	pace_accounts_changed();
 	elog(LOG, "celloattr worker started in database \"%s\"", database);
 
 	/*

@@ -85,12 +85,17 @@ extern int	worker_lease_seconds(void);
 extern void lease_expire(Job *job, HttpEngine *engine, TimestampTz now);
 
 /*
- * pace.c: a token bucket per provider (its rate setting) and per endpoint
- * limit of its own.  pace_take() takes a token of each bucket the request
- * is paced by, or says how many ms until it may; a 429 closes the
- * provider's bucket until a point in time (a later one, if it was closed
- * already).
+ * pace.c: a token bucket per provider account (at the rate setting) and
+ * per endpoint limit of its own, in shared memory, shared by the workers
+ * whose database uses the same account.  pace_accounts_changed() names
+ * this worker's accounts after its settings and secrets were (re)read.
+ * pace_take() takes a token of each bucket the request is paced by, or
+ * says how many ms until it may; a 429 closes the provider's bucket until
+ * a point in time (a later one, if it was closed already).
  */
+extern Size pace_shmem_size(void);
+extern void pace_shmem_init(void);
+extern void pace_accounts_changed(void);
 extern bool pace_take(const HttpExchange *exchange, TimestampTz now, long *wait_ms);
 extern void pace_close(const char *provider, TimestampTz until);
 extern TimestampTz pace_closed_until(const char *provider);
