@@ -141,6 +141,7 @@ look_at_databases(void)
 	HeapTuple	tup;
 	StringInfoData missing;
 	List	   *listed = celloattr_listed_databases();
+	bool		all = listed == NIL;	/* '*' (the list empties as names are found) */
 	ListCell   *lc;
 
 	for (int i = 0; i < nserved; i++)
@@ -156,7 +157,7 @@ look_at_databases(void)
 		const char *name = NameStr(db->datname);
 		Served	   *e;
 
-		if (listed != NIL)
+		if (!all)
 		{
 			bool		named = false;
 
