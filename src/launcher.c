@@ -315,6 +315,7 @@ start_worker(Served *e)
 	e->slot = ticket.slot;
 	e->state = SERVED_RUNNING;
 	e->said_capped = false;
+	e->told_to_leave = false;	/* this worker was not told */
 	return true;
 }
 
