@@ -170,8 +170,15 @@ look_at_databases(void)
 			if (!named)
 				continue;
 		}
-		else if (db->datistemplate || !db->datallowconn)
-			continue;			/* '*': no template, none that refuses us */
+		else if (db->datistemplate)
+			continue;			/* '*': no template */
+		/* named or not, a worker there would fail to connect, every second */
+		if (!db->datallowconn)
+			continue;
+#ifdef DATCONNLIMIT_INVALID_DB
+		if (db->datconnlimit == DATCONNLIMIT_INVALID_DB)
+			continue;			/* a DROP DATABASE that failed half-way */
+#endif
 		e = served_entry(db->oid);
 		if (e == NULL)
 			e = add_served(db->oid, name);
