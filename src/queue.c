@@ -178,6 +178,34 @@ queue_extension_ready(bool any_version)
 }
 
 /*
+ * Whether a look at pg_extension found no celloattr at all.  False when it
+ * found one, and after an error (logged): a look that failed (a lock it may
+ * not wait for, a cancel) says nothing of the extension, and must not make
+ * the worker leave as if it had been dropped.
+ */
+bool
+queue_extension_absent(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool absent = false;
+
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		absent = !OidIsValid(get_extension_oid("celloattr", true));
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		absent = false;
+		FreeErrorData(queue_recover(cxt));
+	}
+	PG_END_TRY();
+	return absent;
+}
+
+/*
  * The rest of this transaction commits synchronously, unlike the worker's
  * other ones (worker.c): flushed, and confirmed by the synchronous standbys
  * if there are any.  Except while the worker stops (SIGTERM): then flushed

@@ -311,7 +311,7 @@ record_finished(void)
 		 * Nothing written: busy tables, or objects of a version the library
 		 * does not know (written once they match), unless they are gone.
 		 */
-		if (queue_extension_ready(true))
+		if (!queue_extension_absent())
 			return false;
 		left = NIL;
 	}
@@ -370,7 +370,8 @@ extension_gone(void)
 {
 	uint32		created = celloattr_extensions_created();
 
-	if (queue_extension_ready(true))
+	/* an error is no answer: the worker goes on, and looks again later */
+	if (!queue_extension_absent())
 		return false;
 	celloattr_slot_no_extension(created);
 	return true;

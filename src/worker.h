@@ -52,6 +52,7 @@ extern void queue_commit(void);
 extern ErrorData *queue_recover(MemoryContext cxt);
 extern bool queue_is_lock_conflict(const ErrorData *error);
 extern bool queue_extension_ready(bool any_version);
+extern bool queue_extension_absent(void);
 
 /*
  * A step left 'running' by a worker that stopped is claimed again, unless
