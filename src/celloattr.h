@@ -152,8 +152,9 @@ typedef struct WorkerTicket
 } WorkerTicket;
 
 /* The worker takes its slot; false when the ticket is stale (a launcher
- * that stopped registered it, and its slot went to another). */
-extern bool celloattr_slot_attach(const WorkerTicket *ticket);
+ * that stopped registered it, and its slot went to another), or when
+ * another worker still runs in the database (*other: its pid). */
+extern bool celloattr_slot_attach(const WorkerTicket *ticket, pid_t *other);
 /* The worker's slot, once attached; NULL before. */
 extern WorkerSlot *celloattr_my_slot;
 /* The worker leaves it (pid and latch cleared; the launcher frees it). */

@@ -227,44 +227,67 @@ take_slot(Oid database)
 }
 
 /*
+ * Free the slots no entry of ours holds whose worker has left (or never
+ * came): those of the workers a launcher before this one started.  The
+ * number of them still running.
+ */
+static int
+free_orphan_slots(void)
+{
+	bool	   *held = palloc0(celloattr_shared->nslots * sizeof(bool));
+	int			left = 0;
+
+	for (int i = 0; i < nserved; i++)
+		if (served[i].state == SERVED_RUNNING)
+			held[served[i].slot] = true;
+	SpinLockAcquire(&celloattr_shared->mutex);
+	for (int i = 0; i < celloattr_shared->nslots; i++)
+	{
+		WorkerSlot *slot = &celloattr_shared->slots[i];
+
+		if (held[i] || !OidIsValid(slot->database))
+			continue;
+		if (slot->pid == 0)
+			memset(slot, 0, sizeof(WorkerSlot));
+		else
+			left++;
+	}
+	SpinLockRelease(&celloattr_shared->mutex);
+	pfree(held);
+	return left;
+}
+
+/*
  * A launcher that starts again (after an error: bgw_restart_time) finds
  * the slots of the workers its predecessor started, whose handles it does
- * not have: it asks them to leave (they stop as on a shutdown, letting
- * their transfers finish), waits, and starts afresh.  A worker registered
- * but not yet running then finds its ticket stale and leaves at once.
+ * not have.  Those not yet taken by their worker are freed at once, so
+ * that a worker registered but not yet running finds its ticket stale and
+ * leaves; those running are asked to leave (they stop as on a shutdown,
+ * letting their transfers finish), and waited for a while.  One still
+ * running after that keeps its slot until it leaves (free_orphan_slots,
+ * each round), and no other worker can start in its database meanwhile
+ * (celloattr_slot_attach).
  */
 static void
 reclaim_slots(void)
 {
-	for (int waited = 0; waited < 60000; waited += 100)
+	int			left = free_orphan_slots();
+
+	/* under the lock: a pid seen there is a live worker, not a reused pid */
+	SpinLockAcquire(&celloattr_shared->mutex);
+	for (int i = 0; i < celloattr_shared->nslots; i++)
+		if (celloattr_shared->slots[i].pid != 0)
+			kill(celloattr_shared->slots[i].pid, SIGTERM);
+	SpinLockRelease(&celloattr_shared->mutex);
+	for (int waited = 0; left > 0 && waited < 60000 && !ShutdownRequestPending;
+		 waited += 100)
 	{
-		int			left = 0;
-
-		SpinLockAcquire(&celloattr_shared->mutex);
-		for (int i = 0; i < celloattr_shared->nslots; i++)
-		{
-			WorkerSlot *slot = &celloattr_shared->slots[i];
-
-			if (slot->pid != 0)
-			{
-				if (waited == 0)
-					kill(slot->pid, SIGTERM);
-				left++;
-			}
-		}
-		SpinLockRelease(&celloattr_shared->mutex);
-		if (left == 0 || ShutdownRequestPending)
-			break;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 100, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+		left = free_orphan_slots();
 	}
-	SpinLockAcquire(&celloattr_shared->mutex);
-	for (int i = 0; i < celloattr_shared->nslots; i++)
-		if (celloattr_shared->slots[i].pid == 0)
-			memset(&celloattr_shared->slots[i], 0, sizeof(WorkerSlot));
-	SpinLockRelease(&celloattr_shared->mutex);
 }
 
 static void
@@ -442,6 +465,7 @@ celloattr_launcher_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		for (int i = 0; i < nserved; i++)
 			collect_stopped(&served[i], now);
+		(void) free_orphan_slots();
 		if (look_again || databases_changed != databases_seen || now >= next_look)
 		{
 			databases_seen = databases_changed;

@@ -148,18 +148,33 @@ celloattr_wake_own_worker_at_commit(void)
 
 WorkerSlot *celloattr_my_slot = NULL;
 
+/*
+ * Whatever the launcher believes, no two workers ever run in one database
+ * at once (each would send the same steps' requests): a slot is taken only
+ * while no other slot of the database has a live worker.  One may be left
+ * by a launcher that stopped (reclaim_slots gives up waiting for it), and
+ * the new launcher's worker then leaves and is started again later.
+ */
 bool
-celloattr_slot_attach(const WorkerTicket *ticket)
+celloattr_slot_attach(const WorkerTicket *ticket, pid_t *other)
 {
 	WorkerSlot *slot;
 	bool		mine;
 
+	*other = 0;
 	if (ticket->slot < 0 || ticket->slot >= celloattr_shared->nslots)
 		return false;
 	slot = &celloattr_shared->slots[ticket->slot];
 	SpinLockAcquire(&celloattr_shared->mutex);
 	mine = slot->database == MyDatabaseId && slot->generation == ticket->generation &&
 		slot->pid == 0;
+	for (int i = 0; mine && i < celloattr_shared->nslots; i++)
+		if (celloattr_shared->slots[i].database == MyDatabaseId &&
+			celloattr_shared->slots[i].pid != 0)
+		{
+			*other = celloattr_shared->slots[i].pid;
+			mine = false;
+		}
 	if (mine)
 	{
 		slot->pid = MyProcPid;

@@ -638,6 +638,7 @@ celloattr_worker_main(Datum main_arg)
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
 	char	   *database;
+	pid_t		other;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
@@ -650,8 +651,15 @@ celloattr_worker_main(Datum main_arg)
 	celloattr_am_worker = true;
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	if (!celloattr_slot_attach((WorkerTicket *) MyBgworkerEntry->bgw_extra))
-		proc_exit(0);			/* a launcher that stopped started it */
+	if (!celloattr_slot_attach((WorkerTicket *) MyBgworkerEntry->bgw_extra, &other))
+	{
+		/* a launcher that stopped started it, or started the one still here */
+		if (other != 0)
+			ereport(LOG,
+					(errmsg("celloattr worker leaving: the worker of a launcher that stopped still runs in this database (pid %d)",
+							(int) other)));
+		proc_exit(0);
+	}
 	before_shmem_exit(clear_worker_latch, 0);
 	database = worker_database_name();
 	worker_remember_database_settings();
