@@ -353,7 +353,7 @@ unsend_waiting(void)
 }
 
 static void
-clear_worker_latch(int code, Datum arg)
+leave_worker_slot(int code, Datum arg)
 {
 	celloattr_slot_detach();
 	stats_worker_stopped();
@@ -660,7 +660,7 @@ celloattr_worker_main(Datum main_arg)
 							(int) other)));
 		proc_exit(0);
 	}
-	before_shmem_exit(clear_worker_latch, 0);
+	before_shmem_exit(leave_worker_slot, 0);
 	database = worker_database_name();
 	worker_remember_database_settings();
 	if (extension_gone())

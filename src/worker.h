@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  The background processes: a launcher that waits for the database
- *	  named by celloattr.database, and the worker it starts there.
+ *	  The background processes: a launcher that finds the databases
+ *	  celloattr.database names ('*': all), and the worker it starts in each
+ *	  where the extension is created.
  *
  *-------------------------------------------------------------------------
  */
@@ -17,9 +18,9 @@
 /* launcher.c: called by _PG_init while preloading. */
 extern void celloattr_register_launcher(void);
 
-/* Around a utility command: DROP DATABASE of the worker's database, by a
- * role allowed to drop it, asks the worker to leave first; the end (which
- * must follow however the command ends) lets the launcher start one again. */
+/* Around a utility command: DROP DATABASE of a served database, by a role
+ * allowed to drop it, asks its worker to leave first; the end (which must
+ * follow however the command ends) lets the launcher start one again. */
 extern void celloattr_drop_database_begin(struct Node *stmt, bool is_top_level);
 extern void celloattr_drop_database_end(void);
 
