@@ -19,7 +19,7 @@ OBJS = \
 	src/trigger_args.o \
 	src/triggers.o \
 	src/launcher.o \
-	src/dropdb.o \
+	src/vacate.o \
 	src/slots.o \
 	src/dbsettings.o \
 	src/worker.o \

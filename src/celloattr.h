@@ -103,9 +103,9 @@ typedef struct WorkerSlot
 	uint32		created_seen;	/* extensions_created before it looked */
 } WorkerSlot;
 
-/* DROP DATABASEs of different databases waiting at once that ask the
- * worker to leave first; more proceed as PostgreSQL would without it. */
-#define CELLOATTR_MAX_DROPS 16
+/* Commands on different databases waiting at once that ask their workers
+ * to leave first (vacate.c); more proceed as PostgreSQL would without it. */
+#define CELLOATTR_MAX_VACATES 16
 
 /* State shared between backends, the launcher and the workers (exists
  * only when the library was preloaded). */
@@ -117,8 +117,9 @@ typedef struct CelloattrShared
 	uint32		extensions_created; /* CREATE EXTENSION celloattr commits */
 	uint32		databases_changed;	/* CREATE, ALTER or DROP DATABASE */
 	uint32		generations;	/* slots handed out so far */
-	Oid			dropping[CELLOATTR_MAX_DROPS];	/* databases being dropped */
-	int			drop_requests[CELLOATTR_MAX_DROPS]; /* backends waiting, each */
+	Oid			vacating[CELLOATTR_MAX_VACATES];	/* databases a command needs
+													 * without their worker */
+	int			vacate_requests[CELLOATTR_MAX_VACATES]; /* backends waiting, each */
 	int			nslots;
 	WorkerSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } CelloattrShared;
@@ -164,8 +165,9 @@ extern uint32 celloattr_extensions_created(void);
 /* The worker found no extension after reading that count. */
 extern void celloattr_slot_no_extension(uint32 created_seen);
 
-/* Whether a DROP DATABASE of that database waits for its worker to leave. */
-extern bool celloattr_database_dropping(Oid database);
+/* Whether a command (DROP DATABASE, ...) waits for that database's worker
+ * to leave: the worker leaves, and the launcher starts none there. */
+extern bool celloattr_database_vacating(Oid database);
 
 /* Wake the worker when the current transaction commits. */
 extern void celloattr_wake_worker_at_commit(void);

@@ -13,7 +13,8 @@
  * finish, and the launcher starts it again a second later), so that
  * ALTER DATABASE ... SET followed by SELECT pg_reload_conf() takes effect
  * as ALTER SYSTEM does.  Only the rows PostgreSQL applied to the worker
- * count: the database's own, and those of the role it connects as.
+ * count: the database's own, those of the role it connects as, and those
+ * of every role (ALTER ROLE ALL).
  *
  *-------------------------------------------------------------------------
  */
@@ -93,6 +94,7 @@ current_entries(void)
 	append_entries(&buf, rel, MyDatabaseId, BOOTSTRAP_SUPERUSERID);
 	append_entries(&buf, rel, InvalidOid, BOOTSTRAP_SUPERUSERID);
 	append_entries(&buf, rel, MyDatabaseId, InvalidOid);
+	append_entries(&buf, rel, InvalidOid, InvalidOid);	/* ALTER ROLE ALL */
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
 	MemoryContextSwitchTo(cxt);

@@ -13,7 +13,7 @@
  * its slot.  The launcher then starts none there until a CREATE EXTENSION
  * celloattr commits somewhere (slots.c counts them) or a reload.  A worker
  * also leaves when the extension is dropped, and when its database is
- * dropped (dropdb.c).
+ * dropped (vacate.c).
  *
  * celloattr.max_workers caps the workers, the lookers included: a database
  * beyond the cap waits, said once in the log, until a slot is free.  The
@@ -73,8 +73,10 @@ typedef struct Served
 	TimestampTz start_after;	/* SERVED_RESTART */
 	uint32		created_seen;	/* SERVED_NO_EXTENSION: the count it saw */
 	bool		wanted;			/* in pg_database and celloattr.database */
+	bool		seen;			/* found by the look under way */
 	bool		told_to_leave;	/* no longer wanted: terminated */
 	bool		said_capped;	/* "waits for a slot" logged */
+	bool		said_no_process;	/* "could not start" logged */
 } Served;
 
 /* The databases, in oid order; in TopMemoryContext. */
@@ -144,8 +146,10 @@ look_at_databases(void)
 	bool		all = listed == NIL;	/* '*' (the list empties as names are found) */
 	ListCell   *lc;
 
+	/* wanted changes only once the whole scan went through: a look that
+	 * fails must not send every worker away */
 	for (int i = 0; i < nserved; i++)
-		served[i].wanted = false;
+		served[i].seen = false;
 
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
@@ -184,11 +188,13 @@ look_at_databases(void)
 			e = add_served(db->oid, name);
 		else
 			namestrcpy(&e->name, name); /* renamed: for the messages */
-		e->wanted = true;
+		e->seen = true;
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	for (int i = 0; i < nserved; i++)
+		served[i].wanted = served[i].seen;
 
 	/* what is left of the list does not exist (yet): said once per change */
 	initStringInfo(&missing);
@@ -332,11 +338,14 @@ start_worker(Served *e)
 		uint32		created_seen;
 
 		free_slot(ticket.slot, &no_extension, &created_seen);
-		ereport(WARNING,
-				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("could not start the celloattr worker for database \"%s\"",
-						NameStr(e->name)),
-				 errhint("Raise max_worker_processes.")));
+		/* tried again every second: said once until a start succeeds */
+		if (!e->said_no_process)
+			ereport(WARNING,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("could not start the celloattr worker for database \"%s\"",
+							NameStr(e->name)),
+					 errhint("Raise max_worker_processes.")));
+		e->said_no_process = true;
 		e->handle = NULL;
 		e->state = SERVED_RESTART;
 		e->start_after = GetCurrentTimestamp() + RESTART_DELAY_MS * 1000L;
@@ -345,6 +354,7 @@ start_worker(Served *e)
 	e->slot = ticket.slot;
 	e->state = SERVED_RUNNING;
 	e->said_capped = false;
+	e->said_no_process = false;
 	e->told_to_leave = false;	/* this worker was not told */
 	return true;
 }
@@ -386,7 +396,7 @@ start_due(TimestampTz now, uint32 extensions_created, bool look_again)
 	{
 		Served	   *e = &served[i];
 
-		if (!e->wanted || celloattr_database_dropping(e->database))
+		if (!e->wanted || celloattr_database_vacating(e->database))
 			continue;
 		if (e->state == SERVED_NO_EXTENSION &&
 			(look_again || e->created_seen != extensions_created))
@@ -422,8 +432,9 @@ clear_launcher_latch(int code, Datum arg)
 void
 celloattr_launcher_main(Datum main_arg)
 {
-	uint32		databases_seen = 0;
-	TimestampTz next_look = 0;
+	sigjmp_buf	local_sigjmp_buf;
+	volatile uint32 databases_seen = 0;
+	volatile TimestampTz next_look = 0;
 	MemoryContext loop_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -439,6 +450,24 @@ celloattr_launcher_main(Datum main_arg)
 	reclaim_slots();
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "celloattr launcher loop",
 									 ALLOCSET_DEFAULT_SIZES);
+
+	/*
+	 * An ERROR (a look at pg_database that fails) is logged and the loop
+	 * goes on after a second's rest: a launcher that exited would be
+	 * started again, and stop every worker it does not know (reclaim_slots).
+	 */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+	{
+		error_context_stack = NULL;
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(TopMemoryContext);
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		pg_usleep(1000000L);
+	}
+	PG_exception_stack = &local_sigjmp_buf;
 
 	while (!ShutdownRequestPending)
 	{

@@ -8,9 +8,10 @@
  * A backend that queued work wakes the worker of its own database; one
  * whose CREATE EXTENSION celloattr committed, or that created, renamed or
  * dropped a database, wakes the launcher, which then looks at the
- * databases again instead of waiting for its next round.  A DROP DATABASE
- * names its database in the dropping list, so that its worker leaves and
- * the launcher starts none there while the drop waits (launcher.c).
+ * databases again instead of waiting for its next round.  A command that
+ * needs a database without sessions (DROP DATABASE, ...) names it in the
+ * vacating list, so that its worker leaves and the launcher starts none
+ * there while the command waits (vacate.c).
  *
  * Everything here is a few stores under one spinlock: no slot is held
  * while anything that may fail or wait runs.
@@ -219,17 +220,17 @@ celloattr_slot_no_extension(uint32 created_seen)
 }
 
 bool
-celloattr_database_dropping(Oid database)
+celloattr_database_vacating(Oid database)
 {
-	bool		dropping = false;
+	bool		vacating = false;
 
 	if (celloattr_shared == NULL)
 		return false;
 	SpinLockAcquire(&celloattr_shared->mutex);
-	for (int i = 0; i < CELLOATTR_MAX_DROPS; i++)
-		if (celloattr_shared->drop_requests[i] > 0 &&
-			celloattr_shared->dropping[i] == database)
-			dropping = true;
+	for (int i = 0; i < CELLOATTR_MAX_VACATES; i++)
+		if (celloattr_shared->vacate_requests[i] > 0 &&
+			celloattr_shared->vacating[i] == database)
+			vacating = true;
 	SpinLockRelease(&celloattr_shared->mutex);
-	return dropping;
+	return vacating;
 }

@@ -114,8 +114,8 @@ tell_launcher_about(Node *stmt)
 	switch (nodeTag(stmt))
 	{
 		case T_CreateExtensionStmt:
-			if (strcmp(((CreateExtensionStmt *) stmt)->extname, "celloattr") == 0)
-				celloattr_poke_launcher_at_commit(true);
+			/* any: CASCADE may have created celloattr with another */
+			celloattr_poke_launcher_at_commit(true);
 			break;
 		case T_DropStmt:
 			if (((DropStmt *) stmt)->removeType == OBJECT_EXTENSION)
@@ -146,7 +146,7 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 						  ParamListInfo params, QueryEnvironment *queryEnv,
 						  DestReceiver *dest, QueryCompletion *qc)
 {
-	celloattr_drop_database_begin(pstmt->utilityStmt,
+	celloattr_vacate_database_begin(pstmt->utilityStmt,
 								  context == PROCESS_UTILITY_TOPLEVEL);
 	celloattr_executor_depth++;
 	PG_TRY();
@@ -162,7 +162,7 @@ statement_process_utility(PlannedStmt *pstmt, const char *queryString,
 	PG_FINALLY();
 	{
 		celloattr_executor_depth--;
-		celloattr_drop_database_end();
+		celloattr_vacate_database_end();
 	}
 	PG_END_TRY();
 	flush_if_finished();

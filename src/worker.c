@@ -444,7 +444,7 @@ worker_round(MemoryContext loop_cxt)
 			ShutdownRequestPending = true;
 		}
 	}
-	if (celloattr_database_dropping(MyDatabaseId))
+	if (celloattr_database_vacating(MyDatabaseId))
 		return false;			/* DROP DATABASE is waiting for us to leave */
 	if (celloattr_extension_missing && extension_gone())
 	{

@@ -21,8 +21,8 @@ extern void celloattr_register_launcher(void);
 /* Around a utility command: DROP DATABASE of a served database, by a role
  * allowed to drop it, asks its worker to leave first; the end (which must
  * follow however the command ends) lets the launcher start one again. */
-extern void celloattr_drop_database_begin(struct Node *stmt, bool is_top_level);
-extern void celloattr_drop_database_end(void);
+extern void celloattr_vacate_database_begin(struct Node *stmt, bool is_top_level);
+extern void celloattr_vacate_database_end(void);
 
 pg_noreturn PGDLLEXPORT void celloattr_launcher_main(Datum main_arg);
 pg_noreturn PGDLLEXPORT void celloattr_worker_main(Datum main_arg);

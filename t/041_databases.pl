@@ -10,6 +10,8 @@
 # reload by a worker that starts afresh, the others untouched), and shows
 # only itself in that database's worker_status.  A reload that lists the
 # databases instead stops the workers of the others and names a missing one.
+# RENAME, SET TABLESPACE, CREATE DATABASE ... TEMPLATE and DROP DATABASE of
+# a served database go through: its worker leaves first, and comes back.
 
 use strict;
 use warnings;
@@ -174,6 +176,27 @@ $node->safe_psql('postgres', 'CREATE DATABASE db_missing');
 $node->safe_psql('db_missing', 'CREATE EXTENSION celloattr');
 $w = wait_workers(sub { $_[0]{db_missing} });
 is(names($w), "$db db_c db_missing", 'created, the listed database gets its worker');
+
+# --- commands that need a database without sessions ask its worker to leave
+my $ts = PostgreSQL::Test::Utils::tempdir;
+$node->safe_psql('postgres', "CREATE TABLESPACE ts_db LOCATION '$ts'");
+for my $case (
+	[ 'RENAME TO', 'ALTER DATABASE db_c RENAME TO db_c2', "$db db_missing" ],
+	[ 'RENAME back', 'ALTER DATABASE db_c2 RENAME TO db_c', "$db db_c db_missing" ],
+	[ 'SET TABLESPACE', 'ALTER DATABASE db_c SET TABLESPACE ts_db', "$db db_c db_missing" ],
+	[ 'CREATE DATABASE ... TEMPLATE', 'CREATE DATABASE db_copy TEMPLATE db_c',
+		"$db db_c db_missing" ])
+{
+	my ($what, $sql, $after) = @$case;
+	my ($rc, $timed_out, $err) = psql_within($node, 'postgres', $sql, 20);
+	ok(!$timed_out && $rc == 0, "$what of a served database goes through") or diag $err;
+	$w = wait_workers(sub { names($_[0]) eq $after });
+	is(names($w), $after, "$what: then served as celloattr.database says");
+}
+my $c2 = attribute_db('db_c', 'm', 2);
+is($node->safe_psql('db_c', "SELECT celloattr.wait($c2, '60 s')"), 'done',
+	'the moved database is served again');
+$node->safe_psql('postgres', 'DROP DATABASE db_copy');
 
 # --- DROP DATABASE of a served database, while the others go on
 my ($rc, $timed_out, $err) = psql_within($node, 'postgres', 'DROP DATABASE db_c', 20);
