@@ -5,6 +5,7 @@ OBJS = \
 	src/celloattr.o \
 	src/guc.o \
 	src/secrets.o \
+	src/secrets_file.o \
 	src/attribute.o \
 	src/pending.o \
 	src/subxact.o \

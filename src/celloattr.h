@@ -79,7 +79,8 @@ extern char *celloattr_chargebee_webhook_password;
 extern char *celloattr_cello_access_key_id;
 extern char *celloattr_cello_secret_access_key;
 
-/* Read the secrets file again: at the worker's start and on each SIGHUP. */
+/* Read the secrets file again: at the worker's start and on each SIGHUP,
+ * outside a transaction (it runs one to look up its database's name). */
 extern void celloattr_secrets_load(void);
 
 /* Whether the worker has secrets to work with: it read a secrets file, or

@@ -5,11 +5,17 @@
  *	  by celloattr.secrets_file, and nowhere else.
  *
  * Settings cannot hold secrets: GUC_SUPERUSER_ONLY still lets members of
- * pg_read_all_settings (pg_monitor, so most monitoring agents) read them.
- * The file lives with the server's other keys (ssl_key_file), relative to
- * the data directory, and gets the same checks: a regular file owned by
- * the server's OS user (mode 0600 or less) or by root (0640 or less).  No
- * SQL route reads it for a role that was not granted pg_read_server_files.
+ * pg_read_all_settings (pg_monitor, so most monitoring agents) read them,
+ * and what ALTER DATABASE ... SET stores (pg_db_role_setting) every role
+ * reads.  The file lives with the server's other keys (ssl_key_file),
+ * relative to the data directory, with the same checks (secrets_file.c).
+ * No SQL route reads it for a role that was not granted
+ * pg_read_server_files.
+ *
+ * One cluster may serve several databases, each with its own provider
+ * accounts: the keys before the file's first [database] line are every
+ * worker's, and the keys of the section of a worker's own database
+ * override them.  The worker looks its database's name up at each read.
  *
  * Only the worker reads it, when it starts and on each SIGHUP.  A worker
  * that could never read it starts no step (celloattr_secrets_ready), so a
@@ -22,18 +28,14 @@
  */
 #include "postgres.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
+#include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "lib/stringinfo.h"
-#include "storage/fd.h"
+#include "miscadmin.h"
 #include "utils/memutils.h"
 
 #include "celloattr.h"
-
-/* A secrets file is a handful of lines; more is a wrong file. */
-#define SECRETS_FILE_MAX 65536
+#include "secrets.h"
 
 char	   *celloattr_secrets_file = NULL;
 char	   *celloattr_stripe_secret_key = "";
@@ -82,245 +84,99 @@ forget(char **var)
 	*var = "";
 }
 
-/* The keys of the file, for a message. */
+/*
+ * The name of the worker's database, in cxt (the current context, which
+ * outlives the transaction); NULL after a LOG message.  Looked up at each
+ * load, so that after ALTER DATABASE ... RENAME the next reload takes the
+ * section of the new name.
+ */
 static char *
-key_list(void)
+database_name(MemoryContext cxt, const char *fallback)
 {
-	StringInfoData buf;
+	char	   *name;
 
-	initStringInfo(&buf);
-	for (int i = 0; i < CELLOATTR_SECRET_KEYS; i++)
-		appendStringInfo(&buf, "%s%s", i ? ", " : "", celloattr_secret_keys[i]);
-	return buf.data;
+	Assert(!IsTransactionState());
+	StartTransactionCommand();
+	name = get_database_name(MyDatabaseId);
+	if (name)
+		name = MemoryContextStrdup(cxt, name);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	if (name == NULL)
+		ereport(LOG,
+				(errcode(ERRCODE_UNDEFINED_DATABASE),
+				 errmsg("celloattr worker could not find its database (OID %u) to choose its section of the secrets file",
+						MyDatabaseId),
+				 errdetail_internal("%s", fallback)));
+	return name;
 }
 
 /*
- * Read the file into *text; false after a LOG message.  The checks are
- * made on the descriptor opened, so the file checked is the file read.
+ * Replace the secrets with values[], all or nothing; false (after a LOG
+ * message) if memory ran out, the secrets then as they were.  The copies
+ * are made outside memory contexts, so that each can be wiped when
+ * replaced.
  */
 static bool
-read_secrets_file(const char *path, const char *fallback, char **text)
+install(char **values, const char *path, const char *fallback)
 {
-	struct stat st;
-	int			fd;
-	ssize_t		got;
-	char	   *buf;
+	char	   *copies[CELLOATTR_SECRET_KEYS] = {0};
 
-	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
-	if (fd < 0)
+	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
 	{
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not open celloattr secrets file \"%s\": %m", path),
-				 errdetail_internal("%s", fallback),
-				 errhint("Write the provider keys to it (one key = 'value' a line, mode 0600, owned by the server's user) and reload, or set celloattr.secrets_file = '' to run without them.")));
-		return false;
-	}
-	if (fstat(fd, &st) != 0)
-	{
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not stat celloattr secrets file \"%s\": %m", path),
-				 errdetail_internal("%s", fallback)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	if (!S_ISREG(st.st_mode))
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("celloattr secrets file \"%s\" is not a regular file", path),
-				 errdetail_internal("%s", fallback)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	/* the same rules as PostgreSQL's for ssl_key_file */
-	if (st.st_uid != geteuid() && st.st_uid != 0)
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("celloattr secrets file \"%s\" must be owned by the database system user or root", path),
-				 errdetail_internal("%s", fallback)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	if ((st.st_uid == geteuid() && (st.st_mode & (S_IRWXG | S_IRWXO))) ||
-		(st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO))))
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("celloattr secrets file \"%s\" has group or world access", path),
-				 errdetail("%s File must have permissions u=rw (0600) or less if owned by the database system user, or permissions u=rw,g=r (0640) or less if owned by root.",
-						   fallback)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	if (st.st_size > SECRETS_FILE_MAX)
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("celloattr secrets file \"%s\" is larger than %d bytes", path,
-						SECRETS_FILE_MAX),
-				 errdetail_internal("%s", fallback)));
-		CloseTransientFile(fd);
-		return false;
-	}
-
-	buf = palloc(st.st_size + 1);
-	got = read(fd, buf, st.st_size);
-	if (got < 0)
-	{
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not read celloattr secrets file \"%s\": %m", path),
-				 errdetail_internal("%s", fallback)));
-		CloseTransientFile(fd);
-		pfree(buf);
-		return false;
-	}
-	CloseTransientFile(fd);
-	if (memchr(buf, '\0', got) != NULL)
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("celloattr secrets file \"%s\" holds a zero byte: it is not a text file", path),
-				 errdetail_internal("%s", fallback)));
-		explicit_bzero(buf, got);
-		return false;
-	}
-	buf[got] = '\0';
-	*text = buf;
-	return true;
-}
-
-static void
-syntax_error(const char *path, int line, const char *what, const char *fallback)
-{
-	ereport(LOG,
-			(errcode(ERRCODE_CONFIG_FILE_ERROR),
-			 errmsg("syntax error in celloattr secrets file \"%s\", line %d: %s",
-					path, line, what),
-			 errdetail("%s Each line is key = 'value' (a quote inside the value doubled), a # comment, or empty.",
-					   fallback)));
-}
-
-static inline bool
-is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r';
-}
-
-/*
- * Parse the file's text into values[] (palloc'd, NULL for keys it does not
- * set); false after a LOG message.  A key not in the list is not named in
- * the message: a line holding only a value would be taken for one.
- */
-static bool
-parse_secrets(const char *path, char *text, const char *fallback,
-			  char **values)
-{
-	int			lines[CELLOATTR_SECRET_KEYS] = {0};
-	int			lineno = 0;
-	char	   *p = text;
-
-	while (*p)
-	{
-		char	   *eol = strchr(p, '\n');
-		char	   *key;
-		size_t		keylen;
-		StringInfoData value;
-		int			k;
-
-		lineno++;
-		if (eol)
-			*eol = '\0';
-		while (is_blank(*p))
-			p++;
-		if (*p == '\0' || *p == '#')
-			goto next;
-
-		key = p;
-		while (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			   (*p >= '0' && *p <= '9'))
-			p++;
-		keylen = p - key;
-		while (is_blank(*p))
-			p++;
-		if (keylen == 0 || *p != '=')
+		if (values[k] == NULL || values[k][0] == '\0')
+			continue;
+		copies[k] = strdup(values[k]);
+		if (copies[k] == NULL)
 		{
-			syntax_error(path, lineno, "expected key = 'value'", fallback);
-			return false;
-		}
-		for (k = 0; k < CELLOATTR_SECRET_KEYS; k++)
-			if (strlen(celloattr_secret_keys[k]) == keylen &&
-				strncmp(celloattr_secret_keys[k], key, keylen) == 0)
-				break;
-		if (k == CELLOATTR_SECRET_KEYS)
-		{
+			for (int j = 0; j < k; j++)
+				if (copies[j])
+					forget(&copies[j]);
 			ereport(LOG,
-					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("unrecognized key in celloattr secrets file \"%s\", line %d",
-							path, lineno),
-					 errdetail("%s The keys are %s.", fallback, key_list())));
-			return false;
-		}
-		if (lines[k])
-		{
-			ereport(LOG,
-					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("key \"%s\" is set twice in celloattr secrets file \"%s\", lines %d and %d",
-							celloattr_secret_keys[k], path, lines[k], lineno),
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory reading celloattr secrets file \"%s\"", path),
 					 errdetail_internal("%s", fallback)));
 			return false;
 		}
-		lines[k] = lineno;
-
-		p++;					/* the '=' */
-		while (is_blank(*p))
-			p++;
-		initStringInfo(&value);
-		values[k] = value.data;	/* wiped by the caller, even after an error */
-		if (*p == '\'')
-		{
-			for (p++;; p++)
-			{
-				if (*p == '\0')
-				{
-					syntax_error(path, lineno, "unterminated quoted value", fallback);
-					return false;
-				}
-				if (*p == '\'' && p[1] == '\'')
-					p++;
-				else if (*p == '\'')
-					break;
-				appendStringInfoChar(&value, *p);
-			}
-			p++;
-		}
-		else
-			while (*p && !is_blank(*p) && *p != '#')
-				appendStringInfoChar(&value, *p++);
-		while (is_blank(*p))
-			p++;
-		if (*p != '\0' && *p != '#')
-		{
-			syntax_error(path, lineno, "unexpected text after the value", fallback);
-			return false;
-		}
-		/* a value goes into HTTP headers and bodies: no control characters */
-		values[k] = value.data;
-		for (int i = 0; i < value.len; i++)
-			if ((unsigned char) value.data[i] < 0x20 || value.data[i] == 0x7f)
-			{
-				syntax_error(path, lineno, "the value holds a control character", fallback);
-				return false;
-			}
-next:
-		if (eol == NULL)
-			break;
-		p = eol + 1;
+	}
+	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
+	{
+		forget(secret_vars[k]);
+		if (copies[k])
+			*secret_vars[k] = copies[k];
 	}
 	return true;
+}
+
+/*
+ * What the log says the load set: the keys, and which of them came from
+ * the database's section, if the file has sections.
+ */
+static char *
+loaded_keys(char **values, const ParsedSecrets *parsed, const char *dbname)
+{
+	StringInfoData set;
+	StringInfoData own;
+
+	initStringInfo(&set);
+	initStringInfo(&own);
+	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
+	{
+		if (values[k] == NULL || values[k][0] == '\0')
+			continue;
+		appendStringInfo(&set, "%s%s", set.len ? ", " : "", celloattr_secret_keys[k]);
+		if (values[k] == parsed->own[k])
+			appendStringInfo(&own, "%s%s", own.len ? ", " : "", celloattr_secret_keys[k]);
+	}
+	if (set.len == 0)
+		appendStringInfoString(&set, "no key set");
+	if (own.len)
+		appendStringInfo(&set, " (from section %s: %s)", secrets_section_label(dbname), own.data);
+	else if (parsed->own_section)
+		appendStringInfo(&set, " (section %s sets no key)", secrets_section_label(dbname));
+	else if (parsed->any_section)
+		appendStringInfo(&set, " (no section %s)", secrets_section_label(dbname));
+	return set.data;
 }
 
 void
@@ -330,11 +186,12 @@ celloattr_secrets_load(void)
 	const char *fallback = !secrets_ready
 		? "The worker starts no step until it can read the file; fix it and reload."
 		: "The worker keeps the secrets it read before.";
-	char	   *values[CELLOATTR_SECRET_KEYS] = {0};
+	ParsedSecrets parsed = {0};
+	char	   *values[CELLOATTR_SECRET_KEYS];
+	char	   *dbname;
 	char	   *text = NULL;
 	size_t		textlen;
-	bool		parsed;
-	StringInfoData set;
+	bool		ok;
 	MemoryContext cxt;
 	MemoryContext old;
 
@@ -351,42 +208,34 @@ celloattr_secrets_load(void)
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "celloattr secrets",
 								ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(cxt);
-	if (!read_secrets_file(path, fallback, &text))
+	dbname = database_name(cxt, fallback);
+	if (dbname == NULL || !secrets_read_file(path, fallback, &text))
 	{
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(cxt);
 		return;
 	}
 	textlen = strlen(text);		/* parsing cuts it into lines */
-	parsed = parse_secrets(path, text, fallback, values);
-	initStringInfo(&set);
-	for (int k = 0; parsed && k < CELLOATTR_SECRET_KEYS; k++)
-	{
-		forget(secret_vars[k]);
-		if (values[k] && values[k][0])
-		{
-			/* outside memory contexts, so that it can be wiped when replaced */
-			char	   *copy = strdup(values[k]);
-
-			if (copy == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_OUT_OF_MEMORY),
-						 errmsg("out of memory")));
-			*secret_vars[k] = copy;
-			appendStringInfo(&set, "%s%s", set.len ? ", " : "", celloattr_secret_keys[k]);
-		}
-	}
+	ok = secrets_parse(path, text, fallback, dbname, &parsed);
+	/* a key of the database's section, even '', overrides the default */
 	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
-		if (values[k])
-			explicit_bzero(values[k], strlen(values[k]));
-	explicit_bzero(text, textlen);
-	if (parsed)
+		values[k] = parsed.own[k] ? parsed.own[k] : parsed.defaults[k];
+	ok = ok && install(values, path, fallback);
+	if (ok)
 	{
 		secrets_ready = true;
 		ereport(LOG,
 				(errmsg("celloattr worker read secrets file \"%s\": %s", path,
-						set.len ? set.data : "no key set")));
+						loaded_keys(values, &parsed, dbname))));
 	}
+	for (int k = 0; k < CELLOATTR_SECRET_KEYS; k++)
+	{
+		if (parsed.defaults[k])
+			explicit_bzero(parsed.defaults[k], strlen(parsed.defaults[k]));
+		if (parsed.own[k])
+			explicit_bzero(parsed.own[k], strlen(parsed.own[k]));
+	}
+	explicit_bzero(text, textlen);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 }

@@ -5,9 +5,11 @@
 # provider that echoes the key back, and time out: no key in the server
 # log, celloattr.http_log, the job rows, error messages or
 # pg_stat_activity.  Then every SQL route to settings and files, as a
-# member of pg_monitor, of pg_read_all_settings, the operator role and the
-# owner of the worker's database: no key in anything they read, and no
-# way to set one for a database or role.  With allow_http off, an https URL
+# member of pg_monitor, of pg_read_all_settings, the operator role, the
+# owner of the worker's database and a role granted nothing: no key (nor
+# one of another database's section of the file) in anything they read,
+# whole catalog rows as text included, and no way to set one for a
+# database or role, for a superuser neither.  With allow_http off, an https URL
 # whose certificate is self-signed fails the step with a TLS error.  (The
 # secrets file itself: t/015_secrets_file.pl.)
 
@@ -76,9 +78,17 @@ cmp_ok(scalar(() = $log =~ /DEBUG/g), '>', 100, 'the server log was written at d
 is(leaked($log), '', 'no key in the server log at debug5');
 
 # Every route to settings and files, for roles a monitoring agent, an
-# operator or a database owner has.
+# operator, a database owner or nobody in particular has.
 my $file = $node->data_dir . '/celloattr.secrets';
+my $section_secret = 'sk_test_only_in_a_section_5150';
+write_node_secrets($node, slurp_file($file) . "\n[postgres]\nstripe_secret_key = '$section_secret'\n");
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+my $deadline = time + 30;
+sleep 0.1
+  until slurp_file($node->logfile, $offset) =~ /read secrets file.*\(no section \[$db\]\)/ || time > $deadline;
 $node->safe_psql('postgres', qq{
+	CREATE ROLE plain LOGIN;
 	CREATE ROLE monitor LOGIN IN ROLE pg_monitor;
 	CREATE ROLE settings_reader LOGIN IN ROLE pg_read_all_settings;
 	CREATE ROLE operator LOGIN IN ROLE celloattr_operator;
@@ -88,9 +98,9 @@ my @routes = (
 	(map { ("SHOW celloattr.$_;", "SELECT current_setting('celloattr.$_', true);") }
 		sort keys %secrets),
 	'SHOW ALL;',
-	'SELECT name, setting, reset_val, boot_val FROM pg_settings;',
-	'SELECT * FROM pg_file_settings;',
-	'SELECT * FROM pg_db_role_setting;',
+	'SELECT s::text FROM pg_settings s;',
+	'SELECT f::text FROM pg_file_settings f;',
+	'SELECT d::text FROM pg_db_role_setting d;',
 	"SELECT pg_read_file('celloattr.secrets');",
 	"SELECT pg_read_file('$file');",
 	"SELECT pg_read_binary_file('celloattr.secrets');",
@@ -101,11 +111,12 @@ my @routes = (
 	"SELECT query FROM pg_stat_activity WHERE backend_type LIKE 'celloattr%';",
 	"SELECT * FROM celloattr.http_log;",
 	"ALTER DATABASE $db SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
+	"ALTER DATABASE postgres SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
 	"ALTER ROLE CURRENT_USER SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
 	"ALTER DATABASE $db SET celloattr.secrets_file = '/tmp/elsewhere';",
 	"ALTER ROLE CURRENT_USER IN DATABASE $db SET celloattr.secrets_file = '/tmp/elsewhere';");
 my $sql = join("\n", @routes);
-for my $role (qw(monitor settings_reader operator db_owner))
+for my $role (qw(plain monitor settings_reader operator db_owner))
 {
 	my ($out, $err);
 	$node->psql($db, $sql, stdout => \$out, stderr => \$err, on_error_stop => 0,
@@ -113,25 +124,32 @@ for my $role (qw(monitor settings_reader operator db_owner))
 	# the value in the ALTER statements comes back only in the echo of the statement
 	(my $said = "$out\n$err") =~ s/^(STATEMENT|LINE \d+):.*$//mg;
 	is(leaked($said), '', "$role: no key through any route");
+	unlike($said, qr/\Q$section_secret\E/, "$role: nor the key of another database's section");
 	like($err, qr/permission denied for function pg_read_file/, "$role: pg_read_file denied");
 	like($err, qr/permission denied for function pg_stat_file/, "$role: pg_stat_file denied");
 	# (the second wording is 16's and later)
 	like($err, qr/must be superuser or have privileges of the pg_read_server_files role to COPY from a file|permission denied to COPY from a file\nDETAIL:  Only roles with privileges of the "pg_read_server_files" role may COPY from a file/,
 		"$role: COPY from the file denied");
-	is(() = $err =~ /(permission denied to set parameter|cannot be changed now|must be owner of database)/g, 4,
+	is(() = $err =~ /(permission denied to set parameter|cannot be changed now|must be owner of database)/g, 5,
 		"$role: no secret or secrets file set for a database or role");
 }
-is($node->safe_psql('postgres', q{
-		SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ' ') LIKE '%celloattr%'}),
-	0, 'pg_db_role_setting holds no celloattr setting');
 # the routes are not blind: a superuser reads the file through them
 my ($out, $err);
 $node->psql($db, "SELECT pg_read_file('celloattr.secrets');", stdout => \$out, stderr => \$err);
 is(leaked($out), join(' ', @secrets), 'a superuser reads the secrets file');
-# nor does a superuser put a key in a setting
-$node->psql($db, "ALTER DATABASE $db SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
-	stderr => \$err);
-like($err, qr/cannot be changed now|is ignored/, 'ALTER DATABASE SET of a key refused for a superuser too');
+# nor does a superuser put a key in a setting of a database or role: the
+# 1.0 names are reloadable settings (PGC_SIGHUP), which PostgreSQL refuses
+# there before their check hook is asked
+$node->psql($db, join("\n",
+		"ALTER DATABASE $db SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
+		"ALTER DATABASE postgres SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';",
+		"ALTER ROLE CURRENT_USER SET celloattr.stripe_secret_key = '$secrets{stripe_secret_key}';"),
+	stderr => \$err, on_error_stop => 0);
+is(() = $err =~ /ERROR:  parameter "celloattr.stripe_secret_key" cannot be changed now/g, 3,
+	'ALTER DATABASE and ALTER ROLE SET of a key refused for a superuser too');
+is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ' ') LIKE '%celloattr%'}),
+	0, 'pg_db_role_setting holds no celloattr setting');
 
 # a superuser alone may point the worker elsewhere
 my ($rc, $out, $err) = $node->psql($db, q{

@@ -5,8 +5,12 @@
 # a regular file) is named in the log with the reason and the line, never
 # with a value, and the worker goes on with the secrets it read before; a
 # worker that never read one starts no step until a reload brings a good
-# file.  An empty celloattr.secrets_file runs without secrets.  A value
-# left in a 1.0 secret setting is refused, pointing to the file.
+# file.  Sections ([database] lines): the worker takes its own database's
+# keys over the defaults (at the fake, by the key its requests carry),
+# checks and ignores other databases' sections, and refuses a second
+# section for a database and malformed headers, naming the line.  An empty
+# celloattr.secrets_file runs without secrets.  A value left in a 1.0
+# secret setting is refused, pointing to the file.
 
 use strict;
 use warnings;
@@ -110,6 +114,91 @@ fake_seed($seed);
 is(attribute_one($node, 'g', 1), 'done', 'the new key is used');
 my @bearers = map { $_->{headers}{authorization} } @{ fake_requests('stripe') };
 is($bearers[0], "Bearer $NEW_KEY", 'as the file spells it');
+
+# Sections: a line [database] starts the keys of one database, over the
+# defaults before the first section; other databases' sections are checked
+# as strictly, then ignored.
+my $SECTION_KEY = 'sk_test_section_key';
+my $other = "[postgres]\nstripe_secret_key = 'sk_test_other_marker'\n";
+
+# The state of one repair at a fake that accepts only the key $accept, and
+# the keys its requests carried.
+sub repair_with
+{
+	my ($prefix, $i, $accept) = @_;
+	fake_reset();
+	my $seed = stripe_seed($prefix, $i);
+	$seed->{stripe}{api_keys} = [$accept];
+	fake_seed($seed);
+	my $state = attribute_one($node, $prefix, $i);
+	my %bearers = map { $_->{headers}{authorization} => 1 } @{ fake_requests('stripe') };
+	return join(' ', $state, sort keys %bearers);
+}
+
+{
+	my $all = 'stripe_secret_key, chargebee_api_key, chargebee_webhook_username, '
+	  . 'chargebee_webhook_password, cello_access_key_id, cello_secret_access_key';
+	(my $rest = $all) =~ s/^stripe_secret_key, //;
+
+	write_node_secrets($node, "$good\n[$db]\nstripe_secret_key = ''   # no Stripe here\n$other");
+	my $log = reload_log(qr/read secrets file/);
+	like($log, qr/read secrets file "celloattr.secrets": \Q$rest\E \(section \[$db\] sets no key\)/,
+		"an empty value in the database's section unsets the default");
+
+	write_node_secrets($node, "$good\n[$db]\n# nothing yet\n\n$other");
+	$log = reload_log(qr/read secrets file/);
+	like($log, qr/read secrets file "celloattr.secrets": \Q$all\E \(section \[$db\] sets no key\)/,
+		'an empty section is allowed, and another database\'s section is ignored');
+	is(repair_with('m', 1, $key), "done Bearer $key", 'the repair carried the default key');
+
+	write_node_secrets($node, "$good\n$other");
+	$log = reload_log(qr/read secrets file/);
+	like($log, qr/read secrets file "celloattr.secrets": \Q$all\E \(no section \[$db\]\)/,
+		'without a section of its own, the worker says so');
+
+	# the section after another's and an odd quoted name, to be sure the
+	# right one is taken; its name quoted, as names with blanks need
+	write_node_secrets($node, "$good\n[\"$db\"]   # this database\n  stripe_secret_key = '$SECTION_KEY'\n\n"
+		  . "[\"my \"\"odd\"\" db #1 [x]\"]\nstripe_secret_key = 'sk_test_odd_marker'\n$other");
+	$log = reload_log(qr/read secrets file/);
+	like($log, qr/read secrets file "celloattr.secrets": \Q$all\E \(from section \[$db\]: stripe_secret_key\)/,
+		'the key of the database\'s section is read, and the log says so');
+	unlike($log, qr/marker|\Q$SECTION_KEY\E/, 'no value in the log');
+	is(repair_with('m', 2, $SECTION_KEY), "done Bearer $SECTION_KEY",
+		'the repair carried the key of the database\'s section, not the default');
+
+	my @bad_sections = (
+		[ 'a second section for the database',
+			"[$db]\nstripe_secret_key = 'sk_live_marker_1'\n[postgres]\n\n[\"$db\"]\n",
+			qr/section \[$db\] is given twice in celloattr secrets file "celloattr.secrets", lines 1 and 5/ ],
+		[ 'an unclosed header', "# sections\n[$db\nstripe_secret_key = 'sk_live_marker_2'\n",
+			qr/syntax error in celloattr secrets file "celloattr.secrets", line 2: expected \] after the database name/ ],
+		[ 'an empty header', "[]\nstripe_secret_key = 'sk_live_marker_3'\n",
+			qr/line 1: expected a database name after \[/ ],
+		[ 'a key on the header line', "[$db] stripe_secret_key = 'sk_live_marker_4'\n",
+			qr/line 1: unexpected text after the section header/ ],
+		[ 'an unterminated quoted name', "[\"$db]\nstripe_secret_key = 'sk_live_marker_5'\n",
+			qr/line 1: unterminated quoted database name/ ],
+		[ 'a name no database can have', '[' . ('x' x 64) . "]\n",
+			qr/line 1: the database name is longer than 63 bytes/ ],
+		[ "a key set twice in another database's section",
+			"[postgres]\nstripe_secret_key = 'sk_live_marker_6'\nstripe_secret_key = 'sk_live_marker_7'\n",
+			qr/key "stripe_secret_key" is set twice in celloattr secrets file "celloattr.secrets", lines 2 and 3/ ],
+		[ "an unknown key in another database's section", "[postgres]\nstripe_key = 'sk_live_marker_8'\n",
+			qr/unrecognized key in celloattr secrets file "celloattr.secrets", line 2/ ],
+	);
+	for my $case (@bad_sections)
+	{
+		my ($what, $text, $expect) = @$case;
+		write_node_secrets($node, $text);
+		$log = reload_log(qr/keeps the secrets it read before/);
+		like($log, $expect, "$what: refused, with the line");
+		like($log, qr/The worker keeps the secrets it read before/, "$what: the secrets read before stay");
+		unlike($log, qr/marker/, "$what: no value in the log");
+	}
+	is(repair_with('m', 3, $SECTION_KEY), "done Bearer $SECTION_KEY",
+		'after the refused files, the repair carried the section\'s key read before');
+}
 
 # no secrets file: the worker runs without secrets, and says so
 $node->safe_psql('postgres', q{ALTER SYSTEM SET celloattr.secrets_file = ''});
