@@ -24,6 +24,7 @@ OBJS = \
 	src/slots.o \
 	src/dbsettings.o \
 	src/worker.o \
+	src/worker_life.o \
 	src/pace.o \
 	src/lease.o \
 	src/queue.o \

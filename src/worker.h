@@ -34,6 +34,13 @@ pg_noreturn PGDLLEXPORT void celloattr_worker_main(Datum main_arg);
 extern void worker_pin_settings(void);
 extern char *worker_database_name(void);
 
+/* worker_life.c: the worker connects to its database and takes its slot
+ * (the name of the database; leaves when it may not stay); a reload; and
+ * whether it may stay (false: it leaves). */
+extern char *worker_arrive(Oid database);
+extern void worker_reload(void);
+extern bool worker_may_stay(void);
+
 /* dbsettings.c: the celloattr.* settings of the worker's database as it
  * connected, and whether a reload finds them changed. */
 extern void worker_remember_database_settings(void);
