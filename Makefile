@@ -2,50 +2,50 @@
 
 MODULE_big = celloattr
 OBJS = \
-	src/celloattr.o \
-	src/guc.o \
-	src/secrets.o \
-	src/secrets_file.o \
-	src/attribute.o \
-	src/pending.o \
-	src/subxact.o \
-	src/statement.o \
-	src/transaction.o \
-	src/validate.o \
-	src/operator.o \
-	src/batch.o \
-	src/stats.o \
-	src/counts.o \
-	src/plans.o \
-	src/trigger_args.o \
-	src/triggers.o \
-	src/launcher.o \
-	src/vacate.o \
-	src/slots.o \
-	src/dbsettings.o \
-	src/worker.o \
-	src/worker_life.o \
-	src/pace.o \
-	src/lease.o \
-	src/queue.o \
-	src/orphans.o \
-	src/record.o \
-	src/dbtext.o \
-	src/outcomes.o \
-	src/session.o \
-	src/retention.o \
-	src/http.o \
-	src/job.o \
-	src/eventindex.o \
-	src/sweep.o \
-	src/json.o \
-	src/encode.o \
-	src/stripe.o \
-	src/stripe_payments.o \
-	src/chargebee.o \
-	src/chargebee_payments.o \
-	src/cello.o \
-	src/version.o
+	src/common/celloattr.o \
+	src/common/guc.o \
+	src/common/secrets.o \
+	src/common/secrets_file.o \
+	src/backend/attribute.o \
+	src/backend/pending.o \
+	src/backend/subxact.o \
+	src/backend/statement.o \
+	src/backend/transaction.o \
+	src/backend/validate.o \
+	src/backend/operator.o \
+	src/backend/batch.o \
+	src/worker/stats.o \
+	src/backend/counts.o \
+	src/common/plans.o \
+	src/backend/trigger_args.o \
+	src/backend/triggers.o \
+	src/worker/launcher.o \
+	src/backend/vacate.o \
+	src/common/slots.o \
+	src/worker/dbsettings.o \
+	src/worker/worker.o \
+	src/worker/worker_life.o \
+	src/worker/pace.o \
+	src/worker/lease.o \
+	src/worker/queue.o \
+	src/worker/orphans.o \
+	src/worker/record.o \
+	src/common/dbtext.o \
+	src/worker/outcomes.o \
+	src/worker/session.o \
+	src/worker/retention.o \
+	src/worker/http.o \
+	src/worker/job.o \
+	src/worker/eventindex.o \
+	src/worker/sweep.o \
+	src/common/json.o \
+	src/common/encode.o \
+	src/providers/stripe.o \
+	src/providers/stripe_payments.o \
+	src/providers/chargebee.o \
+	src/providers/chargebee_payments.o \
+	src/providers/cello.o \
+	src/common/version.o
 
 EXTENSION = celloattr
 DATA = celloattr--1.0.sql celloattr--1.1.sql celloattr--1.0--1.1.sql
@@ -62,7 +62,7 @@ ISOLATION = concurrent_attribute
 ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=./tmp_check_conf/celloattr_iso.conf
 TAP_TESTS = 1
 
-PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags libcurl json-c)
+PG_CPPFLAGS = -Isrc/common -Isrc/backend -Isrc/worker -Isrc/providers $(shell pkg-config --cflags libcurl json-c)
 SHLIB_LINK = $(shell pkg-config --libs libcurl json-c)
 PG_CFLAGS = -Wextra -Wno-unused-parameter $(if $(WERROR),-Werror)
 

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * fuzz_codec.c
- *	  libFuzzer target for the form/URL encoder (src/encode.c) and the
- *	  JSON helpers that read provider answers (src/json.c).
+ *	  libFuzzer target for the form/URL encoder (src/common/encode.c) and the
+ *	  JSON helpers that read provider answers (src/common/json.c).
  *
  * Besides crashes and sanitizer reports, it checks the properties the
  * worker relies on: an encoded value decodes to exactly itself and can add

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * stubs.c
- *	  The few backend functions src/encode.c and src/json.c link against
+ *	  The few backend functions src/common/encode.c and src/common/json.c link against
  *	  that libpgcommon and libpgport (the frontend libraries the fuzz target
  *	  links) do not provide.
  *

@@ -77,7 +77,7 @@ $id{snul} = attribute('user-snul', 'stripe', "customer_id => 'cus_nul', signup_v
 $id{api} = attribute('user-api1', 'cello_api', "email => 'api1\@example.com'");
 ok(wait_all_final($node, 60), 'poisoned events: every repair ended');
 
-# (what jsonb refuses is escaped on the way in, src/dbtext.c and json.c:
+# (what jsonb refuses is escaped on the way in, src/common/dbtext.c and json.c:
 # the event is stored and re-delivered like any other; t/013_text.pl
 # checks its bytes.  Outcomes the tables do refuse are part 3.)
 is(state_of($id{nul}), 'done', 'NUL in a Chargebee event: the repair done');

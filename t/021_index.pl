@@ -1,5 +1,5 @@
 # t/021_index.pl: what a bulk repair costs at the providers, with the
-# shared event index (src/eventindex.c).
+# shared event index (src/worker/eventindex.c).
 #
 # Neither events API filters on a customer: without the index every
 # payment step paged through all the account's payment events in the

@@ -2,7 +2,7 @@
 # celloattr; promoted, it starts the worker, which carries out what the old
 # primary left queued, and only that.
 #
-# The launcher registers with BgWorkerStart_RecoveryFinished (src/launcher.c),
+# The launcher registers with BgWorkerStart_RecoveryFinished (src/worker/launcher.c),
 # so the postmaster of a standby never starts it, and no celloattr process
 # runs there however long it lives: through streamed repairs, sessions that
 # read the queue and call celloattr.wait() (it follows the primary's worker

@@ -72,7 +72,7 @@ for my $tag (@{ $meta->{tags} // [] })
 
 # What the rest of the tree says.
 my ($default) = slurp('celloattr.control') =~ /^default_version = '([^']+)'/m;
-my ($library) = slurp('src/celloattr.h') =~ /#define CELLOATTR_VERSION "([^"]+)"/;
+my ($library) = slurp('src/common/celloattr.h') =~ /#define CELLOATTR_VERSION "([^"]+)"/;
 my ($package) = slurp('debian/changelog') =~ /^celloattr \(([^-)]+)/;
 for ([ 'celloattr.control default_version', $default ], [ 'CELLOATTR_VERSION', $library ],
 	[ 'debian/changelog', $package ], [ 'provides celloattr', $meta->{provides}{celloattr}{version} =~ s/\.0$//r ])
