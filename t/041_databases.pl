@@ -28,30 +28,6 @@ my $node = celloattr_node('databases',
 	"celloattr.database = '*'\ncelloattr.max_workers = 3\n");
 my $db = $CelloattrTest::DB;
 
-# database => pid of each running celloattr worker
-sub workers
-{
-	my %pids = split /[|\n]/, $node->safe_psql('postgres', q{
-		SELECT datname, pid FROM pg_stat_activity
-		 WHERE backend_type = 'celloattr worker' AND datname IS NOT NULL});
-	return \%pids;
-}
-
-# Wait until $check->(workers()) holds; the last workers seen.
-sub wait_workers
-{
-	my ($check, $seconds) = @_;
-	my $deadline = time + ($seconds // 30);
-	my $w;
-	while (time < $deadline)
-	{
-		$w = workers();
-		return $w if $check->($w);
-		sleep 0.1;
-	}
-	return $w;
-}
-
 sub names { join(' ', sort keys %{ $_[0] }) }
 
 sub attribute_db
@@ -80,16 +56,16 @@ $node->safe_psql('postgres', 'CREATE DATABASE db_a');
 $node->safe_psql('db_a', 'DROP EXTENSION celloattr');    # from template1
 $node->safe_psql('template1', 'DROP EXTENSION celloattr');
 $node->safe_psql('db_a', 'CREATE EXTENSION celloattr');
-my $w = wait_workers(sub { $_[0]{db_a} });
+my $w = wait_workers($node, sub { $_[0]{db_a} });
 ok($w->{db_a}, 'CREATE EXTENSION: a worker starts in that database');
 # the launcher looked at db_plain and template1 (a CREATE EXTENSION makes it
 # look at every database without a worker again): no worker stays there
 sleep 2;
-is(names(workers()), "$db db_a", 'no worker in a database without the extension, nor in a template');
+is(names(workers($node)), "$db db_a", 'no worker in a database without the extension, nor in a template');
 
 $node->safe_psql('postgres', 'CREATE DATABASE db_b');
 $node->safe_psql('db_b', 'CREATE EXTENSION celloattr');
-$w = wait_workers(sub { $_[0]{db_b} });
+$w = wait_workers($node, sub { $_[0]{db_b} });
 is(names($w), "$db db_a db_b", 'a worker per database with the extension');
 
 # --- the cap
@@ -102,10 +78,10 @@ ok( $node->wait_for_log(
 my $c1 = attribute_db('db_c', 'm', 1);
 sleep 1;
 is(state_of('db_c', $c1), 'queued', 'its repairs wait');
-is(names(workers()), "$db db_a db_b", 'three workers, no more');
+is(names(workers($node)), "$db db_a db_b", 'three workers, no more');
 
 $node->safe_psql('db_b', 'DROP EXTENSION celloattr');
-$w = wait_workers(sub { $_[0]{db_c} && !$_[0]{db_b} });
+$w = wait_workers($node, sub { $_[0]{db_c} && !$_[0]{db_b} });
 is(names($w), "$db db_a db_c", 'DROP EXTENSION: its worker leaves, and the waiting database gets the slot');
 is($node->safe_psql('db_c', "SELECT celloattr.wait($c1, '60 s')"), 'done',
 	'the waiting repair is carried out');
@@ -117,12 +93,12 @@ is($node->safe_psql($db, "SELECT celloattr.wait($t1, '60 s')"), 'done', "a repai
 is($node->safe_psql('db_a', "SELECT celloattr.wait($a1, '60 s')"), 'done', 'a repair in db_a at the same time');
 is( $node->safe_psql('db_a',
 		'SELECT string_agg(DISTINCT database || pid, \',\') FROM celloattr.worker_status'),
-	'db_a' . workers()->{db_a},
+	'db_a' . workers($node)->{db_a},
 	"worker_status shows the database's own worker, none of the others");
 
 # --- per-database settings: ALTER DATABASE ... SET, then a reload
-my $pid_db = workers()->{$db};
-my $pid_a = workers()->{db_a};
+my $pid_db = workers($node)->{$db};
+my $pid_a = workers($node)->{db_a};
 $offset = -s $node->logfile;
 $node->safe_psql('postgres', q{
 	ALTER DATABASE db_a SET celloattr.stripe_webhook_endpoint = 'we_db_a';
@@ -130,7 +106,7 @@ $node->safe_psql('postgres', q{
 ok( $node->wait_for_log(
 		qr/celloattr worker restarting: the celloattr settings of this database changed/, $offset),
 	'a reload after ALTER DATABASE SET: that database\'s worker starts afresh');
-$w = wait_workers(sub { $_[0]{db_a} && $_[0]{db_a} != $pid_a });
+$w = wait_workers($node, sub { $_[0]{db_a} && $_[0]{db_a} != $pid_a });
 isnt($w->{db_a}, $pid_a, 'db_a has a new worker');
 is($w->{$db}, $pid_db, 'the worker of the other database did not restart');
 my $a2 = attribute_db('db_a', 'm', 4);
@@ -163,7 +139,7 @@ is($node->safe_psql('db_a', "SELECT celloattr.wait($a3, '60 s')"), 'done',
 $offset = -s $node->logfile;
 $node->append_conf('postgresql.conf', "celloattr.database = '$db, db_c, db_missing'\n");
 $node->reload;
-$w = wait_workers(sub { !$_[0]{db_a} });
+$w = wait_workers($node, sub { !$_[0]{db_a} });
 is(names($w), "$db db_c", 'listed: the worker of a database no longer named leaves');
 ok( $node->wait_for_log(
 		qr/celloattr launcher: database "db_missing" named in celloattr.database does not exist; waiting for it/,
@@ -174,7 +150,7 @@ sleep 1;
 is(state_of('db_a', $a4), 'queued', 'nothing runs in a database the list leaves out');
 $node->safe_psql('postgres', 'CREATE DATABASE db_missing');
 $node->safe_psql('db_missing', 'CREATE EXTENSION celloattr');
-$w = wait_workers(sub { $_[0]{db_missing} });
+$w = wait_workers($node, sub { $_[0]{db_missing} });
 is(names($w), "$db db_c db_missing", 'created, the listed database gets its worker');
 
 # --- commands that need a database without sessions ask its worker to leave
@@ -190,7 +166,7 @@ for my $case (
 	my ($what, $sql, $after) = @$case;
 	my ($rc, $timed_out, $err) = psql_within($node, 'postgres', $sql, 20);
 	ok(!$timed_out && $rc == 0, "$what of a served database goes through") or diag $err;
-	$w = wait_workers(sub { names($_[0]) eq $after });
+	$w = wait_workers($node, sub { names($_[0]) eq $after });
 	is(names($w), $after, "$what: then served as celloattr.database says");
 }
 my $c2 = attribute_db('db_c', 'm', 2);
@@ -201,7 +177,7 @@ $node->safe_psql('postgres', 'DROP DATABASE db_copy');
 # --- DROP DATABASE of a served database, while the others go on
 my ($rc, $timed_out, $err) = psql_within($node, 'postgres', 'DROP DATABASE db_c', 20);
 ok(!$timed_out && $rc == 0, 'DROP DATABASE of a served database') or diag $err;
-$w = wait_workers(sub { !$_[0]{db_c} });
+$w = wait_workers($node, sub { !$_[0]{db_c} });
 is(names($w), "$db db_missing", 'its worker is gone, the others stay');
 is(attribute_one($node, 'm', 9), 'done', 'and they carry on');
 

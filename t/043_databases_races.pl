@@ -24,33 +24,12 @@ my $node = celloattr_node('races',
 	"celloattr.database = '*'\ncelloattr.max_workers = 4\n");
 my $db = $CelloattrTest::DB;
 
-sub workers
-{
-	my %pids = split /[|\n]/, $node->safe_psql('postgres', q{
-		SELECT datname, pid FROM pg_stat_activity
-		 WHERE backend_type = 'celloattr worker' AND datname IS NOT NULL});
-	return \%pids;
-}
-
-sub wait_workers
-{
-	my ($check, $seconds) = @_;
-	my $deadline = time + ($seconds // 30);
-	my $w;
-	while (time < $deadline)
-	{
-		$w = workers();
-		return $w if $check->($w);
-		sleep 0.1;
-	}
-	return $w;
-}
 
 fake_reset();
 fake_seed(stripe_seed('r', 3));
 
 # --- 1. the start-up look fails on an error: not "no extension"
-my $pid = workers()->{$db};
+my $pid = workers($node)->{$db};
 ok($pid, 'a worker serves the database');
 # hold pg_extension while the worker starts again: its look errors after
 # lock_timeout (1 s), more than once
@@ -60,11 +39,11 @@ $node->safe_psql($db, qq{
 	SELECT pg_terminate_backend($pid);
 	SELECT pg_sleep(4);
 	COMMIT});
-my $w = wait_workers(sub { $_[0]{$db} }, 20);
+my $w = wait_workers($node, sub { $_[0]{$db} }, 20);
 ok($w->{$db}, 'a failed look at pg_extension: the worker starts again once it can look');
 
 # --- 2. unlisted, listed again while its worker finishes, unlisted again
-$pid = workers()->{$db};
+$pid = workers($node)->{$db};
 fake_fault({ provider => 'stripe', method => 'POST', path_regex => '^/v1/customers/cus_r1',
 	action => 'stall', seconds => 4 });
 my $r1 = $node->safe_psql($db, q{SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-r1', 'stripe',
@@ -75,16 +54,16 @@ sleep 0.1 while !(grep { $_->{path} =~ m{^/v1/customers/cus_r1} && $_->{method} 
 $node->append_conf('postgresql.conf', "celloattr.database = 'postgres'\n");
 $node->reload;
 sleep 1;    # the launcher asked it to leave; it waits for its transfer
-ok(workers()->{$db}, 'unlisted: the worker finishes its transfer first');
+ok(workers($node)->{$db}, 'unlisted: the worker finishes its transfer first');
 $node->append_conf('postgresql.conf', "celloattr.database = '*'\n");
 $node->reload;
-$w = wait_workers(sub { $_[0]{$db} && $_[0]{$db} != $pid }, 30);
+$w = wait_workers($node, sub { $_[0]{$db} && $_[0]{$db} != $pid }, 30);
 ok($w->{$db} && $w->{$db} != $pid, 'listed again: a new worker once the old one left');
 fake('POST', '/_control/faults/clear');
 is($node->safe_psql($db, "SELECT celloattr.wait($r1, '60 s')"), 'done', 'its repair is done');
 $node->append_conf('postgresql.conf', "celloattr.database = 'postgres'\n");
 $node->reload;
-$w = wait_workers(sub { !$_[0]{$db} }, 15);
+$w = wait_workers($node, sub { !$_[0]{$db} }, 15);
 ok(!$w->{$db}, 'unlisted again: that worker leaves too');
 
 # --- 3. a listed database that refuses connections
@@ -94,21 +73,21 @@ $node->safe_psql('postgres', 'ALTER DATABASE db_closed ALLOW_CONNECTIONS false')
 my $offset = -s $node->logfile;
 $node->append_conf('postgresql.conf', "celloattr.database = '$db, db_closed'\n");
 $node->reload;
-$w = wait_workers(sub { $_[0]{$db} });
+$w = wait_workers($node, sub { $_[0]{$db} });
 ok($w->{$db}, 'listed: the database is served again');
 sleep 4;
 my $log = substr(slurp_file($node->logfile), $offset);
 my $refused = () = $log =~ /database "db_closed" is not currently accepting connections/g;
 ok($refused <= 1, "no worker started again and again where connections are refused ($refused refusals)");
 $node->safe_psql('postgres', 'ALTER DATABASE db_closed ALLOW_CONNECTIONS true');
-$w = wait_workers(sub { $_[0]{db_closed} }, 20);
+$w = wait_workers($node, sub { $_[0]{db_closed} }, 20);
 ok($w->{db_closed}, 'allowed again: a worker serves it');
 
 # --- 4. a list whose names all exist: the databases after them in
 # pg_database are not served as if it were '*'
 $node->append_conf('postgresql.conf', "celloattr.database = 'postgres'\n");
 $node->reload;
-$w = wait_workers(sub { !$_[0]{$db} && !$_[0]{db_closed} }, 15);
+$w = wait_workers($node, sub { !$_[0]{$db} && !$_[0]{db_closed} }, 15);
 ok(!$w->{$db} && !$w->{db_closed}, "a list naming only postgres: no worker in $db nor db_closed");
 
 is(worker_crashes($node), 0, 'no worker crashed');

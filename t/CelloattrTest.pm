@@ -44,7 +44,7 @@ our @EXPORT = qw(
   worker_crashes psql_within attribute_one test_secrets write_node_secrets
   guest_seed cello_events chargebee_redeliveries check_at_most_once
   check_guest unfinished_steps worker_terminations attribute_in psql_may_fail
-  celloattr_standby log_problems);
+  celloattr_standby log_problems workers wait_workers);
 
 # Test names may hold multi-byte values (t/005_hostile.pl).
 # PostgreSQL::Test::Utils ties Test::More's output handles to a tee into
@@ -239,6 +239,31 @@ sub worker_pid
 	my ($rc, $out) = psql_may_fail($node, 'postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'celloattr worker'");
 	return ($rc == 0 && $out =~ /^(\d+)$/) ? $1 : 0;
+}
+
+# The running celloattr workers, as { database => pid }.
+sub workers
+{
+	my ($node) = @_;
+	my %pids = split /[|\n]/, $node->safe_psql('postgres', q{
+		SELECT datname, pid FROM pg_stat_activity
+		 WHERE backend_type = 'celloattr worker' AND datname IS NOT NULL});
+	return \%pids;
+}
+
+# Wait until $check->(workers) holds (30 s unless told); the workers last seen.
+sub wait_workers
+{
+	my ($node, $check, $seconds) = @_;
+	my $deadline = time + ($seconds // 30);
+	my $w;
+	while (time < $deadline)
+	{
+		$w = workers($node);
+		return $w if $check->($w);
+		sleep 0.1;
+	}
+	return $w;
 }
 
 # Wait for a worker other than $old_pid; returns its pid (dies on timeout).

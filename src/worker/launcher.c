@@ -457,16 +457,7 @@ celloattr_launcher_main(Datum main_arg)
 	 * started again, and stop every worker it does not know (reclaim_slots).
 	 */
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
-	{
-		error_context_stack = NULL;
-		HOLD_INTERRUPTS();
-		EmitErrorReport();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(TopMemoryContext);
-		FlushErrorState();
-		RESUME_INTERRUPTS();
-		pg_usleep(1000000L);
-	}
+		celloattr_recover_from_error();
 	PG_exception_stack = &local_sigjmp_buf;
 
 	while (!ShutdownRequestPending)

@@ -589,17 +589,7 @@ celloattr_worker_main(Datum main_arg)
 	 * exiting and a new one sending the steps it had in flight again.
 	 */
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
-	{
-		/* as PostgreSQL's own loops: no context callback of the failed code */
-		error_context_stack = NULL;
-		HOLD_INTERRUPTS();
-		EmitErrorReport();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(TopMemoryContext);
-		FlushErrorState();
-		RESUME_INTERRUPTS();
-		pg_usleep(1000000L);
-	}
+		celloattr_recover_from_error();
 	PG_exception_stack = &local_sigjmp_buf;
 
 	while (worker_round(loop_cxt))

@@ -40,6 +40,8 @@ extern char *worker_database_name(void);
 extern char *worker_arrive(Oid database);
 extern void worker_reload(void);
 extern bool worker_may_stay(void);
+/* The worker's and the launcher's main loops, after an ERROR reached them. */
+extern void celloattr_recover_from_error(void);
 
 /* dbsettings.c: the celloattr.* settings of the worker's database as it
  * connected, and whether a reload finds them changed. */

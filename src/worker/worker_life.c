@@ -19,6 +19,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -28,6 +29,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 
 #include "celloattr.h"
 #include "stats.h"
@@ -164,4 +166,23 @@ worker_may_stay(void)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * After an ERROR that reached the main loop of the worker or the launcher
+ * (their sigsetjmp): logged and cleaned up as PostgreSQL's own loops do,
+ * then a second's rest, so that an error that repeats does not spin.
+ */
+void
+celloattr_recover_from_error(void)
+{
+	/* no context callback of the failed code */
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	EmitErrorReport();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(TopMemoryContext);
+	FlushErrorState();
+	RESUME_INTERRUPTS();
+	pg_usleep(1000000L);
 }
