@@ -73,16 +73,24 @@ SELECT r->>'method' AS method, r->>'path' AS path, r->>'body' AS body, r->>'stat
 	   (r->'headers'->>'chargebee-idempotency-key') IS NOT NULL AS has_key
   FROM fake_requests WHERE r->>'path' LIKE '%cb_byid%' ORDER BY r->>'seq';
 -- the event listings: the index's, shared by the payments steps so far
--- (the whole window, following next_offset, then what is newer), and the
--- older payments since the customer was created, listed only for the one
--- customer created before the window
-SELECT regexp_replace(regexp_replace(regexp_replace(r->>'query',
-		 'occurred_at%5Bafter%5D=[0-9]+', 'occurred_at%5Bafter%5D=<window start>'),
-		 'occurred_at%5Bbetween%5D=%5B[0-9]+%2C[0-9]+%5D', 'occurred_at%5Bbetween%5D=[<created>,<window start>]'),
-		 'offset=[^&]+', 'offset=<next_offset>') AS events_query,
-	   count(*) AS requests
-  FROM fake_requests WHERE r->>'path' = '/events'
- GROUP BY 1 ORDER BY 1;
+-- (the whole window once, following next_offset, then what is newer: a
+-- second first page when a payments step was queued after the first
+-- listing started, which depends on how the worker's recording
+-- transactions fell, so 1 or 2), and the older payments since the
+-- customer was created, listed only for the one customer created before
+-- the window
+SELECT events_query,
+	   CASE WHEN events_query NOT LIKE '%offset=%' AND events_query NOT LIKE '%between%'
+				 AND requests BETWEEN 1 AND 2 THEN '1 or 2'
+			ELSE requests::text END AS requests
+  FROM (SELECT regexp_replace(regexp_replace(regexp_replace(r->>'query',
+				 'occurred_at%5Bafter%5D=[0-9]+', 'occurred_at%5Bafter%5D=<window start>'),
+				 'occurred_at%5Bbetween%5D=%5B[0-9]+%2C[0-9]+%5D', 'occurred_at%5Bbetween%5D=[<created>,<window start>]'),
+				 'offset=[^&]+', 'offset=<next_offset>') AS events_query,
+			   count(*) AS requests
+		  FROM fake_requests WHERE r->>'path' = '/events'
+		 GROUP BY 1) listings
+ ORDER BY 1;
 -- every POST carries the step's own idempotency key, and Basic auth with the key
 SELECT count(*) AS posts, count(*) FILTER (WHERE j.id IS NOT NULL) AS keyed_by_a_step
   FROM fake_requests f
