@@ -102,15 +102,6 @@ for my $prefix ((sort values %db), sort values %held)
 }
 fake_seed($seed);
 
-sub queue_repairs
-{
-	my ($d, $prefix, $n) = @_;
-	$node->safe_psql($d, qq{
-		SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-$prefix' || i, 'stripe',
-		                                 customer_id => 'cus_$prefix' || i)
-		  FROM generate_series(1, $n) i});
-}
-
 sub wait_done
 {
 	my ($d, $n) = @_;
@@ -151,7 +142,7 @@ sub key_of
 # queued while paused, so that the three workers start together
 for my $d (sort keys %db)
 {
-	queue_repairs($d, $db{$d}, $N);
+	queue_stripe($node, $db{$d}, $N, $d);
 }
 $node->safe_psql('postgres', 'ALTER SYSTEM SET celloattr.paused = off; SELECT pg_reload_conf()');
 
@@ -201,7 +192,7 @@ cmp_ok($span_c, '>=', ($n_c - $BURST) / $RATE - $LAG,
 fake_fault({ provider => 'stripe', method => 'GET', path_regex => "^/v1/customers/cus_$held{db_a}1\$",
 		count => 1, action => 'rate_limit', retry_after => $HOLD });
 my $before = scalar @$requests;
-queue_repairs('db_a', $held{db_a}, 1);
+queue_stripe($node, $held{db_a}, 1, 'db_a');
 my $seen = 0;
 $deadline = time + 60;
 while (time < $deadline)
@@ -211,8 +202,8 @@ while (time < $deadline)
 	sleep 0.1;
 }
 cmp_ok($seen, '>', 0, 'db_a read its 429');
-queue_repairs('db_b', $held{db_b}, 1);
-queue_repairs('db_c', $held{db_c}, 1);
+queue_stripe($node, $held{db_b}, 1, 'db_b');
+queue_stripe($node, $held{db_c}, 1, 'db_c');
 wait_done('db_a', $N + 1);
 wait_done('db_b', $N + 1);
 wait_done('db_c', $N + 1);

@@ -348,11 +348,12 @@ sub stripe_seed
 	};
 }
 
-# Queue one Stripe attribution per seeded customer, in one transaction.
+# Queue one Stripe attribution per seeded customer, in one transaction (in
+# $db, $DB unless told).
 sub queue_stripe
 {
-	my ($node, $prefix, $n) = @_;
-	$node->safe_psql($DB, qq{
+	my ($node, $prefix, $n, $db) = @_;
+	$node->safe_psql($db // $DB, qq{
 		SELECT celloattr.cello_attribute('pNRB1aYqArN', 'user-$prefix' || i, 'stripe',
 		                                 customer_id => 'cus_$prefix' || i)
 		  FROM generate_series(1, $n) i});
