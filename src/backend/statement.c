@@ -9,8 +9,9 @@
  * runs inside (a foreign key check, a function's query) ends.  A statement
  * that reads or writes a celloattr table, whoever runs it, first has the
  * batch written and sees it.  COPY FROM fires row triggers outside any
- * executor of its own, hence the utility hook (which also lets DROP
- * DATABASE of the worker's database ask the worker to leave, launcher.c).
+ * executor of its own, hence the utility hook (which also lets commands
+ * that need a served database to themselves ask its worker to leave,
+ * vacate.c, and tells the launcher of new extensions and databases).
  *
  *-------------------------------------------------------------------------
  */
