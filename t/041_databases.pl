@@ -181,6 +181,23 @@ $w = wait_workers($node, sub { !$_[0]{db_c} });
 is(names($w), "$db db_missing", 'its worker is gone, the others stay');
 is(attribute_one($node, 'm', 9), 'done', 'and they carry on');
 
+# --- ALTER ROLE ALL SET applies to every session, the workers' too
+my %before = %{ workers($node) };
+$node->safe_psql('postgres', q{
+	ALTER ROLE ALL SET celloattr.paused = on;
+	SELECT pg_reload_conf()});
+$w = wait_workers($node, sub {
+	my ($now) = @_;
+	!grep { !$now->{$_} || $now->{$_} == $before{$_} } keys %before });
+is(names($w), names(\%before), 'ALTER ROLE ALL SET and a reload: every worker starts afresh');
+ok($node->poll_query_until($db, "SELECT bool_and(state = 'paused') FROM celloattr.worker_status"),
+	'and takes the setting');
+$node->safe_psql('postgres', q{
+	ALTER ROLE ALL RESET celloattr.paused;
+	SELECT pg_reload_conf()});
+ok($node->poll_query_until($db, "SELECT bool_and(state <> 'paused') FROM celloattr.worker_status"),
+	'RESET and a reload: it goes on');
+
 is(worker_crashes($node), 0, 'no worker crashed');
 unlike(slurp_file($node->logfile), qr/ERROR:.*celloattr|celloattr.*ERROR/,
 	'no celloattr error in the log');
